@@ -1,0 +1,5 @@
+import sys
+
+from sret.cli import main
+
+sys.exit(main())
