@@ -43,7 +43,7 @@ def main() -> None:
         images, labels = read_idx_split(Path(args.source), split)
         keep = balanced_indices(labels, per_class)
         write_idx_gz(SAMPLE_DIR / f"{split}-images-idx3-ubyte.gz", images[keep])
-        write_idx_gz(SAMPLE_DIR / f"{split}-labels-idx1-ubyte.gz", labels[keep])
+        write_idx_gz(SAMPLE_DIR / f"{split}-labels-idx1-ubyte.gz", labels[keep].to(torch.uint8))
         print(f"{split}: {len(keep)} images")
 
 
