@@ -1,0 +1,106 @@
+"""Sliced group self-attention.
+
+Tokens are cut into ``groups`` contiguous chunks and every head attends only inside its chunk. Folding the chunks
+into the batch dimension turns that into ordinary multi-head attention over ``B * G`` shorter sequences, so the
+fused ``F.scaled_dot_product_attention`` kernels (flash / memory-efficient) do all the work and no attention matrix
+is ever materialised. The recursive passes shuffle the tokens first (a gather with a permutation) and un-shuffle the
+result (a gather with its inverse) so that the chunks differ from those of the first pass.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+AttnImpl = Literal["sdpa", "math"]
+ATTN_IMPLS: tuple[str, ...] = ("sdpa", "math")
+
+
+def invert_permutation(perm: torch.Tensor) -> torch.Tensor:
+    """Inverse of a permutation as another index tensor: ``x[perm][inverse] == x``.
+
+    A scatter of ``arange`` is O(N) and stays on the permutation's device (argsort would sort).
+    """
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(perm.numel(), device=perm.device, dtype=perm.dtype)
+    return inverse
+
+
+class SlicedGroupAttention(nn.Module):
+    """Multi-head self-attention restricted to groups of tokens, optionally on shuffled tokens.
+
+    The module owns only ``qkv`` and ``proj`` (the published checkpoint names); how many groups to use and which
+    permutation to apply are arguments of ``forward`` because the same (shared) module runs with different
+    groupings in its first and its recursive applications.
+
+    Args:
+        dim: Token channels C.
+        num_heads: Heads; ``head_dim = C // num_heads``.
+        qkv_bias: Bias on the fused q/k/v projection (True in every published model).
+        attn_drop: Dropout on attention probabilities (training only).
+        proj_drop: Dropout after the output projection.
+        attn_impl: ``"sdpa"`` (fused kernels) or ``"math"`` (explicit softmax(QK^T * scale) V; the baseline used by
+            benchmarks and tests).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        attn_impl: AttnImpl = "sdpa",
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"attention dim {dim} is not divisible by num_heads {num_heads}")
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.attn_impl = attn_impl
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        groups: int = 1,
+        perm: Optional[torch.Tensor] = None,
+        inv_perm: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Attend within ``groups`` chunks of (optionally permuted) tokens.
+
+        Args:
+            x: Tokens ``(B, N, C)`` in row-major grid order.
+            groups: Number of contiguous chunks; ``N`` must be divisible by it (the stage checks and explains).
+            perm: Optional token permutation ``(N,)`` applied before grouping; the output is returned in the
+                original token order. Shuffling the input tokens instead of q/k/v is the same function (qkv acts
+                per token) and moves a third of the bytes.
+            inv_perm: Inverse of ``perm`` if the caller already has it.
+        """
+        B, N, C = x.shape
+        G, H, D = groups, self.num_heads, self.head_dim
+        torch._assert(N % G == 0, "token count must be divisible by the number of groups")
+        n = N // G
+        if perm is not None:
+            x = x[:, perm]  # (B, N, C), shuffled token order
+        qkv = self.qkv(x).reshape(B, G, n, 3, H, D).permute(3, 0, 1, 4, 2, 5)  # (3, B, G, H, n, D)
+        q, k, v = qkv.reshape(3, B * G, H, n, D).unbind(0)  # each (B*G, H, n, D): groups ride the batch
+        if self.attn_impl == "math":
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B*G, H, n, n)
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            out = attn @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        out = out.reshape(B, G, H, n, D).permute(0, 1, 3, 2, 4).reshape(B, N, C)  # (B, N, C), shuffled order
+        if perm is not None:
+            out = out[:, invert_permutation(perm) if inv_perm is None else inv_perm]  # back to grid order
+        return self.proj_drop(self.proj(out))

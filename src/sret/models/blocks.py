@@ -1,0 +1,102 @@
+"""The two kinds of layer a recursive stage is made of: the shared transformer block and the unshared NLL."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from timm.layers import DropPath, Mlp
+from torch import nn
+
+from sret.models.attention import AttnImpl, SlicedGroupAttention
+
+
+class ResidualCoefficient(nn.Module):
+    """A learnable scalar that scales one branch of a residual sum (one of ``coefficient1..4``).
+
+    The published checkpoints store it as a one-element parameter called ``bias``; the name is kept for loading.
+    """
+
+    def __init__(self, init: float = 1.0) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.full((1,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.bias
+
+
+def _weighted_sum(
+    x: torch.Tensor, y: torch.Tensor, cx: Optional[ResidualCoefficient], cy: Optional[ResidualCoefficient]
+) -> torch.Tensor:
+    """``cx * x + cy * y``, or the plain residual ``x + y`` when coefficients are switched off."""
+    if cx is None:
+        return x + y
+    return cx(x) + cy(y)
+
+
+class RecursiveBlock(nn.Module):
+    """Pre-norm transformer block with learnable residual coefficients, applied several times in a row.
+
+    ``x = c1 * x + c2 * drop_path(attn(norm1(x)))``; ``x = c3 * x + c4 * drop_path(mlp(norm2(x)))``.
+    The grouping and permutation of the attention are per application, so they are ``forward`` arguments.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool = True,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        learnable_coefficients: bool = True,
+        attn_impl: AttnImpl = "sdpa",
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = SlicedGroupAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop, attn_impl)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+        self.learnable_coefficients = learnable_coefficients
+        if learnable_coefficients:
+            self.coefficient1 = ResidualCoefficient()
+            self.coefficient2 = ResidualCoefficient()
+            self.coefficient3 = ResidualCoefficient()
+            self.coefficient4 = ResidualCoefficient()
+        else:
+            self.coefficient1 = self.coefficient2 = self.coefficient3 = self.coefficient4 = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        groups: int = 1,
+        perm: Optional[torch.Tensor] = None,
+        inv_perm: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        y = self.drop_path(self.attn(self.norm1(x), groups, perm, inv_perm))
+        x = _weighted_sum(x, y, self.coefficient1, self.coefficient2)
+        y = self.drop_path(self.mlp(self.norm2(x)))
+        return _weighted_sum(x, y, self.coefficient3, self.coefficient4)
+
+
+class NonLinearProjection(nn.Module):
+    """NLL: the unshared layer after every application of a shared block, ``x = c1 * x + c2 * mlp(norm1(x))``.
+
+    It is what lets consecutive applications of the same weights compute different functions; it has no
+    attention and no drop path (as published).
+    """
+
+    def __init__(self, dim: int, nll_ratio: float, learnable_coefficients: bool = True) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * nll_ratio), act_layer=nn.GELU)
+        if learnable_coefficients:
+            self.coefficient1 = ResidualCoefficient()
+            self.coefficient2 = ResidualCoefficient()
+        else:
+            self.coefficient1 = self.coefficient2 = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _weighted_sum(x, self.mlp(self.norm1(x)), self.coefficient1, self.coefficient2)

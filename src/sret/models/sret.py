@@ -1,0 +1,337 @@
+"""Sliced Recursive Transformer (SReT).
+
+Paper: "Sliced Recursive Transformer", Zhiqiang Shen, Zechun Liu, Eric Xing, ECCV 2022 (arXiv:2111.05297).
+
+One general class, :class:`SReT`, expresses every published variant and the paper's ablations (loops, unique blocks,
+groups, NLL on/off, learnable residual coefficients on/off, slicing on/off). Variants are short configs registered
+with timm in :mod:`sret.models.variants`.
+
+Layout (SReT-T at 224 px): conv stem, stride 8 -> 28x28x64 + pos_embed -> stage 0 (28x28x64) -> depthwise pool ->
+stage 1 (14x14x128) -> pool -> stage 2 (7x7x256) -> global average pool -> LayerNorm -> Linear.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from sret.errors import SReTError
+from sret.models.attention import AttnImpl
+from sret.models.stage import EvalPermutation, RecursiveStage
+
+__all__ = ["SReT", "ConvStem", "DepthwisePool", "resample_pos_embed", "stem_grid"]
+
+
+def stem_grid(height: int, width: int, num_halvings: int = 3) -> Tuple[int, int]:
+    """Grid after ``num_halvings`` stride-2, padding-1, kernel-3 convolutions: ``ceil`` at each step."""
+    for _ in range(num_halvings):
+        height, width = (height + 1) // 2, (width + 1) // 2
+    return height, width
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Resize a ``(1, C, H, W)`` position embedding to ``size`` (bicubic), e.g. 28x28 (224 px) -> 48x48 (384 px)."""
+    if tuple(pos_embed.shape[-2:]) == tuple(size):
+        return pos_embed
+    dtype = pos_embed.dtype
+    out = F.interpolate(pos_embed.float(), size=size, mode="bicubic", align_corners=False)
+    return out.to(dtype)
+
+
+class ConvStem(nn.Module):
+    """Three 3x3 stride-2 conv-BN-ReLU layers, ``in_chans -> C/2 -> C -> C``: total stride 8."""
+
+    def __init__(self, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        mid = embed_dim // 2
+        self.conv1 = nn.Conv2d(in_chans, mid, 3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, embed_dim, 3, stride=2, padding=1)
+        self.bn2 = nn.BatchNorm2d(embed_dim)
+        self.conv3 = nn.Conv2d(embed_dim, embed_dim, 3, stride=2, padding=1)
+        self.bn3 = nn.BatchNorm2d(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))  # (B, C/2, H/2, W/2)
+        x = F.relu(self.bn2(self.conv2(x)))  # (B, C, H/4, W/4)
+        return F.relu(self.bn3(self.conv3(x)))  # (B, C, H/8, W/8)
+
+
+class DepthwisePool(nn.Module):
+    """Downsampling between stages: 3x3 stride-2 conv with ``groups = C_in``, ``C_in -> C_out``."""
+
+    def __init__(self, in_chs: int, out_chs: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, 3, stride=2, padding=1, groups=in_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)  # (B, C_out, ceil(H/2), ceil(W/2))
+
+
+def _per_stage(value: Union[int, float, Sequence], name: str, num_stages: int) -> list:
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * num_stages
+    if len(values) != num_stages:
+        raise SReTError(f"{name} needs one value per stage ({num_stages}), got {values}")
+    return values
+
+
+class SReT(nn.Module):
+    """Sliced Recursive Transformer.
+
+    Args:
+        img_size: Input size the position embedding is built for (int or (H, W)).
+        in_chans: Input channels.
+        num_classes: Classifier outputs; 0 gives a model without head (``forward`` returns pooled features).
+        embed_dims: Channels per stage.
+        num_heads: Attention heads per stage.
+        depths: Block applications per stage (unique blocks x loops); published 4/10/6.
+        unique_blocks: Blocks with their own weights per stage; published 2/5/3 (so loops L = 2).
+        mlp_ratio: Block MLP hidden size over dim.
+        nll_ratio: NLL hidden size over dim.
+        groups1: Attention groups of the first application of each block, per stage.
+        groups2: Attention groups of the recursive applications, per stage (tokens shuffled when > 1).
+        sliced: False forces global attention everywhere (the "wo_slice" models) whatever ``groups1/2`` say.
+        use_nll: NLL layers after every application (True, published) or none (naive recursion).
+        learnable_coefficients: Learnable residual scalars (True, published) or plain residuals.
+        eval_permutation: ``"fixed"`` (deterministic eval, default) or ``"random"`` (published behaviour).
+        permutation_seed: Seed of the fixed eval permutations.
+        qkv_bias: Bias in the q/k/v projection.
+        drop_rate: Dropout after the position embedding and before the classifier.
+        proj_drop_rate: Dropout inside blocks (MLP and attention output).
+        attn_drop_rate: Attention dropout.
+        drop_path_rate: Stochastic depth; unique block r of stage s uses ``rate * (sum(depths[:s]) + r) /
+            sum(depths)`` in all its applications (the published schedule).
+        global_pool: ``"avg"`` or ``""`` (no pooling; ``forward_head`` then returns the feature map).
+        dynamic_img_size: Accept any input size whose grids divide by the groups; ``pos_embed`` is resampled on
+            the fly.
+        attn_impl: ``"sdpa"`` (fused kernels) or ``"math"`` (explicit attention matrices: baseline and oracle).
+    """
+
+    def __init__(
+        self,
+        img_size: Union[int, Tuple[int, int]] = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dims: Sequence[int] = (64, 128, 256),
+        num_heads: Sequence[int] = (2, 4, 8),
+        depths: Sequence[int] = (4, 10, 6),
+        unique_blocks: Sequence[int] = (2, 5, 3),
+        mlp_ratio: Union[float, Sequence[float]] = 3.6,
+        nll_ratio: Union[float, Sequence[float]] = 1.0,
+        groups1: Sequence[int] = (8, 4, 1),
+        groups2: Sequence[int] = (2, 1, 1),
+        sliced: bool = True,
+        use_nll: bool = True,
+        learnable_coefficients: bool = True,
+        eval_permutation: EvalPermutation = "fixed",
+        permutation_seed: int = 0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+        dynamic_img_size: bool = False,
+        attn_impl: AttnImpl = "sdpa",
+    ) -> None:
+        super().__init__()
+        if global_pool not in ("avg", ""):
+            raise SReTError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        num_stages = len(embed_dims)
+        num_heads = _per_stage(num_heads, "num_heads", num_stages)
+        depths = _per_stage(depths, "depths", num_stages)
+        unique_blocks = _per_stage(unique_blocks, "unique_blocks", num_stages)
+        mlp_ratio = _per_stage(mlp_ratio, "mlp_ratio", num_stages)
+        nll_ratio = _per_stage(nll_ratio, "nll_ratio", num_stages)
+        groups1 = _per_stage(groups1, "groups1", num_stages) if sliced else [1] * num_stages
+        groups2 = _per_stage(groups2, "groups2", num_stages) if sliced else [1] * num_stages
+        for s in range(1, num_stages):
+            if embed_dims[s] % embed_dims[s - 1] != 0:
+                raise SReTError(
+                    f"embed_dims[{s}]={embed_dims[s]} must be a multiple of embed_dims[{s - 1}]={embed_dims[s - 1]} "
+                    f"(the pooling conv is grouped by input channel)"
+                )
+
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.embed_dims = tuple(embed_dims)
+        self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
+        grid = stem_grid(*self.img_size)
+        self.grid_size = grid
+
+        # Registration order = state-dict order of the published checkpoints.
+        self.pos_embed = nn.Parameter(torch.zeros(1, embed_dims[0], grid[0], grid[1]))
+        self.patch_embed = ConvStem(in_chans, embed_dims[0])
+        self.pos_drop = nn.Dropout(drop_rate)
+
+        total_depth = sum(depths)
+        stages, pools, feature_info = [], [], []
+        reduction = 8
+        stage_grid = grid
+        for s in range(num_stages):
+            if s > 0:
+                pools.append(DepthwisePool(embed_dims[s - 1], embed_dims[s]))
+                stage_grid = stem_grid(*stage_grid, num_halvings=1)
+                reduction *= 2
+            offset = sum(depths[:s])
+            dpr = [drop_path_rate * (offset + r) / total_depth for r in range(unique_blocks[s])]
+            stages.append(
+                RecursiveStage(
+                    s, embed_dims[s], num_heads[s], depths[s], unique_blocks[s], mlp_ratio[s], nll_ratio[s],
+                    groups1=groups1[s], groups2=groups2[s], qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
+                    attn_drop=attn_drop_rate, drop_path=dpr, use_nll=use_nll,
+                    learnable_coefficients=learnable_coefficients, eval_permutation=eval_permutation,
+                    permutation_seed=permutation_seed, attn_impl=attn_impl, grid_size=stage_grid,
+                )
+            )
+            feature_info.append(dict(num_chs=embed_dims[s], reduction=reduction, module=f"transformers.{s}"))
+        self.transformers = nn.ModuleList(stages)
+        self.pools = nn.ModuleList(pools)
+        self.feature_info = feature_info
+        self.norm = nn.LayerNorm(embed_dims[-1], eps=1e-6)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+        trunc_normal_(self.pos_embed, std=0.02)
+        self.apply(self._init_norms)
+
+    @staticmethod
+    def _init_norms(module: nn.Module) -> None:
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # ----------------------------------------------------------------------------------------------- timm model API
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {"pos_embed"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r"^pos_embed|^patch_embed",
+            blocks=[(r"^transformers\.(\d+)", None), (r"^pools\.(\d+)", (0,)), (r"^norm", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.transformers:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise SReTError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def set_eval_permutation(self, mode: EvalPermutation) -> None:
+        """Switch between deterministic (``"fixed"``) and published (``"random"``) eval-time permutations."""
+        if mode not in ("fixed", "random"):
+            raise SReTError(f"eval_permutation must be 'fixed' or 'random', got {mode!r}")
+        for stage in self.transformers:
+            stage.eval_permutation = mode
+
+    # ------------------------------------------------------------------------------------------------------ forward
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        torch._assert(x.dim() == 4, "SReT expects images of shape (B, C, H, W)")
+        if x.shape[1] != self.in_chans:
+            raise SReTError(f"input has {x.shape[1]} channels but the model was built with in_chans={self.in_chans}")
+        in_hw = (x.shape[-2], x.shape[-1])
+        x = self.patch_embed(x)  # (B, C0, H/8, W/8)
+        grid = (x.shape[-2], x.shape[-1])
+        if self.dynamic_img_size:
+            pos_embed = resample_pos_embed(self.pos_embed, grid)
+        else:
+            if grid != tuple(self.pos_embed.shape[-2:]):
+                raise SReTError(
+                    f"an input of {in_hw[0]}x{in_hw[1]} px gives a {grid[0]}x{grid[1]} token grid, but pos_embed is "
+                    f"{self.pos_embed.shape[-2]}x{self.pos_embed.shape[-1]} (the model was built for img_size="
+                    f"{self.img_size[0]}x{self.img_size[1]}); build it with img_size={in_hw[0]} or "
+                    f"dynamic_img_size=True"
+                )
+            pos_embed = self.pos_embed
+        return self.pos_drop(x + pos_embed)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` -> last stage map ``(B, C_last, H/32, W/32)``."""
+        x = self._embed(x)
+        for s, stage in enumerate(self.transformers):
+            if s > 0:
+                x = self.pools[s - 1](x)
+            x = stage(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=(2, 3))  # (B, C): pool first, then LayerNorm (published order)
+            x = self.norm(x)
+        else:
+            x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs (strides 8, 16, 32), as timm's feature API expects.
+
+        Args:
+            x: Images.
+            indices: Take the last n stages if an int, those indices if a list; all if None.
+            norm: Unused (the final norm acts on pooled features, not on maps); kept for API compatibility.
+            stop_early: Stop after the last requested stage.
+            output_fmt: ``"NCHW"`` or ``"NHWC"``.
+            intermediates_only: Return only the intermediates.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise SReTError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.transformers), indices)
+        intermediates = []
+        x = self._embed(x)
+        last = max_index if stop_early else len(self.transformers) - 1
+        for s, stage in enumerate(self.transformers[: last + 1]):
+            if s > 0:
+                x = self.pools[s - 1](x)
+            x = stage(x)
+            if s in take_indices:
+                intermediates.append(x if output_fmt == "NCHW" else x.permute(0, 2, 3, 1))
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> List[int]:
+        take_indices, max_index = feature_take_indices(len(self.transformers), indices)
+        self.transformers = self.transformers[: max_index + 1]
+        self.pools = self.pools[:max_index]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
