@@ -54,15 +54,14 @@ def _create(name: str, pretrained: bool, img_size: int | None, **kwargs: Any) ->
     return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
-def _load_checkpoint(model: torch.nn.Module, path: str) -> None:
-    """Load weights with the lead's reader when present (it knows every checkpoint layout sret supports)."""
+def _read_state(path: str) -> dict[str, torch.Tensor]:
+    """State dict of a checkpoint, with the lead's reader when present (it knows every layout sret supports)."""
     try:
-        from sret.models.weights import load_weights  # type: ignore[import-not-found]
+        from sret.models.weights import read_state_dict  # type: ignore[import-not-found]
     except ImportError:
-        load_weights = None
-    if load_weights is not None:
-        load_weights(model, path)
-        return
+        read_state_dict = None
+    if read_state_dict is not None:
+        return read_state_dict(path)
     # Fallback while sret.models.weights is being written: safetensors or a torch file, never unpickling code.
     try:
         if path.endswith(".safetensors"):
@@ -77,11 +76,31 @@ def _load_checkpoint(model: torch.nn.Module, path: str) -> None:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path!r} holds no state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_checkpoint(model: torch.nn.Module, path: str, state: dict[str, torch.Tensor]) -> None:
+    try:
+        from sret.models.weights import load_weights  # type: ignore[import-not-found]
+    except ImportError:
+        load_weights = None
+    if load_weights is not None:
+        load_weights(model, path)
+        return
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {path!r} does not fit the teacher architecture: {err}") from None
+
+
+def _checkpoint_classes(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> int | None:
+    """Classifier size stored in a checkpoint, found through the model's timm ``pretrained_cfg['classifier']``."""
+    head = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    head = head[0] if isinstance(head, (list, tuple)) else head
+    weight = state.get(f"{head}.weight") if head else None
+    return int(weight.shape[0]) if weight is not None and weight.ndim >= 1 else None
 
 
 def build_teacher(teacher: str, teacher_model: str | None = None, num_classes: int | None = None,
@@ -100,8 +119,12 @@ def build_teacher(teacher: str, teacher_model: str | None = None, num_classes: i
     if os.path.isfile(teacher):
         if not teacher_model:
             raise SReTError(f"teacher {teacher!r} is a checkpoint file: give its architecture with --teacher-model NAME")
+        state = _read_state(teacher)
         model = _create(teacher_model, False, img_size, num_classes=num_classes, in_chans=in_chans)
-        _load_checkpoint(model, teacher)
+        stored = _checkpoint_classes(model, state) if num_classes is None else None
+        if stored is not None and stored != getattr(model, "num_classes", stored):
+            model.reset_classifier(stored)  # a checkpoint teacher keeps the head it was trained with
+        _load_checkpoint(model, teacher, state)
         name, ckpt = teacher_model, os.path.abspath(teacher)
     else:
         if os.sep in teacher or teacher.endswith((".pth", ".pt", ".safetensors", ".bin")):
