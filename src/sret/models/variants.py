@@ -135,7 +135,9 @@ def _create_sret(name: str, pretrained: bool = False, **kwargs: Any) -> SReT:
     info = VARIANTS[name]
     model_args = dict(info.model_args, img_size=info.img_size)
     model_args.update(kwargs)
-    if pretrained:
+    given_cfg = model_args.get("pretrained_cfg")
+    given_cfg = given_cfg if isinstance(given_cfg, dict) else getattr(given_cfg, "__dict__", {})
+    if pretrained and not (given_cfg.get("file") or given_cfg.get("state_dict")):  # local-dir: timm has the file
         overlay = dict(model_args.pop("pretrained_cfg_overlay", None) or {})
         if not overlay.get("file") and not overlay.get("state_dict"):
             found = find_published_file(name)
@@ -148,6 +150,8 @@ def _create_sret(name: str, pretrained: bool = False, **kwargs: Any) -> SReT:
                     f"pretrained_cfg_overlay=dict(file=PATH))"
                 )
             overlay["file"] = found
+        # timm resets custom_load when a file is supplied; our loader is the one that reads published .pth safely.
+        overlay.setdefault("custom_load", True)
         model_args["pretrained_cfg_overlay"] = overlay
     return build_model_with_cfg(
         SReT,
