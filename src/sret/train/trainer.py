@@ -1,0 +1,400 @@
+"""The training loop: one object that owns model, optimiser, schedule, EMA, teacher and data for one process.
+
+It is built from a resolved configuration (see :mod:`sret.train.config`), either fresh or from ``last.pth``; every
+piece of state that decides what happens next is in the checkpoint, so a resumed run takes the same steps (same
+batch order, same learning rates) and ends at the same step count as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.data import Mixup
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from sret.data import (
+    AugmentConfig, BadSampleLog, ResumableSampler, ShardSampler, TransformedView, build_transform, make_loader,
+    open_source,
+)  # fmt: skip
+from sret.errors import SReTError
+from sret.train import logbook
+from sret.train.checkpoint import (
+    atomic_save, atomic_write_text, capture_rng, load_checkpoint, load_model_checkpoint, read_metadata, restore_rng,
+)  # fmt: skip
+from sret.train.config import dump_yaml
+from sret.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
+from sret.train.evaluate import autocast, evaluate
+from sret.train.factory import build_model, default_drop_path
+from sret.train.losses import KDLoss, build_train_loss
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN/inf; carries the step so the user can be told where."""
+
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"loss became {value} at step {step}")
+        self.step = step
+        self.value = value
+
+
+def resolve_device(name: str, dist_info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise SReTError("--device cuda asked for, but no CUDA GPU is visible")
+        return torch.device("cuda", dist_info.local_rank)
+    return torch.device(name)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPUs (the recipe's default), full precision on CPUs unless asked."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Owns one process's share of a run.
+
+    Args:
+        cfg: the resolved configuration (``config.finalize``).
+        dist_info: rank / world size.
+        resume_state: the loaded ``last.pth`` when resuming, else None.
+    """
+
+    def __init__(self, cfg: dict[str, Any], dist_info: DistInfo, resume_state: dict[str, Any] | None = None):
+        self.cfg = cfg
+        self.dist = dist_info
+        self.out = Path(cfg["output"])
+        self.device = resolve_device(cfg["device"], dist_info)
+        self.amp_dtype = resolve_amp(cfg["amp"], self.device)
+        seed_everything(cfg["seed"] + dist_info.rank)
+
+        # data
+        self.source = open_source(str(cfg["data"]))
+        self.class_names = self.source.class_names
+        cfg.setdefault("in_chans", None)
+        if cfg["in_chans"] is None:
+            cfg["in_chans"] = self.source.in_chans
+        self._check_model_name(cfg["model"])
+        if cfg["img_size"] is None:
+            cfg["img_size"] = self.source.img_size or self._model_default_size(cfg["model"])
+        if cfg["drop_path"] is None:
+            cfg["drop_path"] = default_drop_path(cfg["model"])
+        aug = AugmentConfig(auto_augment=cfg["aa"] or None, re_prob=cfg["reprob"], scale=tuple(cfg["scale"]),
+                            hflip=cfg["hflip"], color_jitter=cfg["color_jitter"])
+        train_base = self.source.split("train")
+        val_base = self.source.split("val")
+        size, chans = cfg["img_size"], cfg["in_chans"]
+        self.train_set = TransformedView(train_base, build_transform(self.source, size, chans, True, aug))
+        self.val_set = TransformedView(val_base, build_transform(self.source, size, chans, False))
+        bs, world = cfg["batch_size"], dist_info.world_size
+        if bs * world > len(self.train_set):
+            raise SReTError(f"--batch-size {bs} x {world} process(es) = {bs * world} is larger than the training set "
+                            f"({len(self.train_set)} images)")
+        self.mixup_active = cfg["mixup"] > 0 or cfg["cutmix"] > 0
+        if self.mixup_active and bs % 2:
+            raise SReTError(f"mixup/cutmix need an even --batch-size (got {bs}); or set --mixup 0 --cutmix 0")
+        self.sampler = ResumableSampler(self.train_set, bs, world, dist_info.rank, seed=cfg["seed"])
+        self.train_loader = make_loader(self.train_set, self.sampler, bs, cfg["workers"], drop_last=True)
+        self.val_loader = make_loader(self.val_set, ShardSampler(self.val_set, world, dist_info.rank), bs,
+                                      cfg["workers"], drop_last=False)
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        self.total_steps = self.steps_per_epoch * cfg["epochs"]
+
+        # model, optimisation
+        self.model = build_model(cfg["model"], self.source.num_classes, chans, size, cfg["drop_path"], cfg["drop"])
+        if cfg.get("finetune") and resume_state is None:
+            from sret.models.weights import load_weights
+
+            load_weights(self.model, Path(cfg["finetune"]).expanduser(), strict=True)
+        if cfg["grad_checkpointing"]:
+            self.model.set_grad_checkpointing(True)
+        self.model.to(self.device)
+        self.optimizer = create_optimizer_v2(self.model, opt=cfg["opt"], lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer, sched="cosine", num_epochs=cfg["epochs"], warmup_epochs=cfg["warmup_epochs"],
+            warmup_lr=cfg["warmup_lr"], min_lr=cfg["min_lr"], step_on_epochs=False,
+            updates_per_epoch=self.steps_per_epoch,
+        )  # fmt: skip
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.ema = ModelEmaV3(self.model, decay=cfg["ema_decay"]) if cfg["ema"] else None
+        self.ddp_model: nn.Module = self.model
+        if dist_info.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
+
+        self.mixup = None
+        if self.mixup_active:
+            self.mixup = Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], prob=cfg["mixup_prob"],
+                               switch_prob=cfg["mixup_switch_prob"], label_smoothing=cfg["smoothing"],
+                               num_classes=self.source.num_classes)
+        self.criterion = build_train_loss(self.mixup_active, cfg["smoothing"])
+        self.teacher = self._build_teacher() if cfg.get("teacher") else None
+        self.kd_loss = KDLoss(cfg["kd_temperature"]) if self.teacher is not None else None
+
+        # progress state
+        self.epoch = 0
+        self.epoch_step = 0
+        self.step = 0
+        self.epoch_state = {"loss_sum": 0.0, "samples": 0.0, "seconds": 0.0}
+        self.history: list[dict[str, Any]] = []
+        self.best_top1 = -1.0
+        self.bad = BadSampleLog()
+        if resume_state is not None:
+            self._restore(resume_state)
+
+    # ---------------------------------------------------------------- construction helpers
+    @staticmethod
+    def _check_model_name(name: str) -> None:
+        from sret.train.factory import check_model_name
+
+        check_model_name(name)
+
+    @staticmethod
+    def _model_default_size(name: str) -> int:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        return int(cfg.input_size[-1]) if cfg is not None else 224
+
+    def _build_teacher(self) -> nn.Module:
+        """Teacher from an sret checkpoint (its config names the model) or a model name (+ weights)."""
+        spec, ckpt = str(self.cfg["teacher"]), self.cfg.get("teacher_checkpoint")
+        path = Path(spec).expanduser()
+        if path.is_file():
+            meta = read_metadata(path)
+            name = (meta.get("config") or {}).get("model")
+            if not name:
+                raise SReTError(f"--teacher {spec}: not an sret training checkpoint (no config.model); pass the model "
+                                f"name as --teacher and the file as --teacher-checkpoint")
+            ckpt, tcfg = path, meta["config"]
+            size, chans = tcfg.get("img_size", self.cfg["img_size"]), tcfg.get("in_chans", self.cfg["in_chans"])
+        else:
+            name, size, chans = spec, self.cfg["img_size"], self.cfg["in_chans"]
+        if chans != self.cfg["in_chans"]:
+            raise SReTError(f"teacher {name} takes {chans}-channel images, the student {self.cfg['in_chans']}")
+        if ckpt:
+            teacher = build_model(name, self.source.num_classes, chans, size)
+            load_model_checkpoint(teacher, Path(ckpt).expanduser(), self.source.num_classes)
+        else:
+            try:
+                teacher = build_model(name, self.source.num_classes, chans, size, pretrained=True)
+            except Exception as err:  # noqa: BLE001 (hub errors vary: offline, no weights, ...)
+                raise SReTError(f"teacher {name}: no pretrained weights could be loaded ({err}); pass "
+                                f"--teacher-checkpoint FILE") from err
+        teacher.to(self.device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": self.epoch,
+            "epoch_step": self.epoch_step,
+            "step": self.step,
+            "epoch_state": dict(self.epoch_state),
+            "history": list(self.history),
+            "best_top1": self.best_top1,
+            "rng": capture_rng(),
+            "config": self.cfg,
+            "class_names": list(self.class_names),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.epoch, self.epoch_step, self.step = state["epoch"], state["epoch_step"], state["step"]
+        self.epoch_state = dict(state["epoch_state"])
+        self.history = list(state["history"])
+        self.best_top1 = state["best_top1"]
+        if self.dist.rank == 0:
+            restore_rng(state["rng"])  # other ranks keep their rank-offset seeds: their states were not saved
+
+    def save_last(self) -> None:
+        if self.dist.is_main:
+            atomic_save(self.state_dict(), self.out / "last.pth")
+        barrier()
+
+    # ---------------------------------------------------------------- loop
+    def fit(self) -> list[dict[str, Any]]:
+        cfg, main = self.cfg, self.dist.is_main
+        tb = logbook.TensorBoard(self.out / "tb" if main else None, purge_step=self.step or None)
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(dump_yaml(cfg), self.out / "config.yaml")
+            n_params = sum(p.numel() for p in self.model.parameters())
+            print(f"sret train: {cfg['model']} ({n_params / 1e6:.2f}M params) on {cfg['data']} "
+                  f"({len(self.train_set)} train / {len(self.val_set)} val, {self.source.num_classes} classes) at "
+                  f"{cfg['img_size']} px, {cfg['in_chans']} ch | {self.dist.world_size} x {self.device} "
+                  f"{self.amp_dtype or 'fp32'} | {cfg['epochs']} epochs x {self.steps_per_epoch} steps, global batch "
+                  f"{cfg['batch_size'] * self.dist.world_size}, lr {cfg['lr']:.2e}"
+                  + (f" | resuming at epoch {self.epoch + 1}, step {self.step}" if self.step else ""), flush=True)
+        try:
+            while self.epoch < cfg["epochs"]:
+                train_loss, lr, img_s, seconds = self._train_epoch(tb)
+                metrics, bad = evaluate(self.model, self.val_loader, self.device, self.amp_dtype)
+                self._note_bad(bad)
+                ema_top1 = None
+                if self.ema is not None:
+                    ema_metrics, _ = evaluate(self.ema.module, self.val_loader, self.device, self.amp_dtype)
+                    ema_top1 = ema_metrics["top1"]
+                self.epoch += 1
+                self.epoch_step = 0
+                self.epoch_state = {"loss_sum": 0.0, "samples": 0.0, "seconds": 0.0}
+                row = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss, "val_loss": metrics["loss"],
+                       "val_top1": metrics["top1"], "val_top5": metrics["top5"], "ema_top1": ema_top1, "lr": lr,
+                       "img_per_s": img_s, "seconds": seconds}
+                self.history.append(row)
+                is_best = metrics["top1"] > self.best_top1
+                self.best_top1 = max(self.best_top1, metrics["top1"])
+                if main:
+                    if is_best:
+                        atomic_save({"model": self.model.state_dict(), "config": cfg, "class_names": self.class_names,
+                                     "epoch": self.epoch, "metrics": metrics}, self.out / "best.pth")
+                    logbook.write_csv(self.history, self.out / "log.csv")
+                    logbook.plot_curves(self.history, self.out / "curves.png", title=f"{cfg['model']} on {cfg['data']}")
+                    tb.scalars({"epoch/train_loss": train_loss, "epoch/val_loss": metrics["loss"],
+                                "epoch/val_top1": metrics["top1"], "epoch/val_top5": metrics["top5"],
+                                "epoch/ema_top1": ema_top1, "epoch/img_per_s": img_s}, self.epoch)
+                    print(logbook.epoch_line(row, cfg["epochs"]), flush=True)
+                self.save_last()
+        finally:
+            tb.close()
+        if main and len(self.bad):
+            print(f"sret train: {self.bad.summary()}", file=sys.stderr)
+        return self.history
+
+    def _note_bad(self, bad) -> None:
+        gathered = all_gather_objects([(b.index, b.path, b.reason) for b in bad])
+        from sret.data.folder import BadSample
+
+        before = len(self.bad)
+        self.bad.add([BadSample(*b) for rank_bad in gathered for b in rank_bad])
+        if self.dist.is_main and len(self.bad) > before:
+            print(f"sret train: warning: {self.bad.summary()}", file=sys.stderr, flush=True)
+
+    def _train_epoch(self, tb: logbook.TensorBoard) -> tuple[float, float, float, float]:
+        """Train the rest of epoch ``self.epoch``; returns (mean loss, last lr, img/s, seconds)."""
+        from tqdm import tqdm
+
+        cfg, world = self.cfg, self.dist.world_size
+        self.ddp_model.train()
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_start_batch(self.epoch_step)
+        bar = tqdm(total=self.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}",
+                   disable=None if self.dist.is_main else True, dynamic_ncols=True, leave=False)
+        t0 = time.perf_counter()
+        seconds_before = self.epoch_state["seconds"]
+        bad = []
+        lr = self.optimizer.param_groups[0]["lr"]
+        for batch in self.train_loader:
+            bad.extend(batch.bad)
+            loss_value = self._train_step(batch)
+            n = all_reduce_sum([float(len(batch))], self.device)[0] if self.dist.distributed else float(len(batch))
+            if loss_value is not None:
+                self.epoch_state["loss_sum"] += loss_value * n
+                self.epoch_state["samples"] += n
+            self.step += 1
+            self.epoch_step += 1
+            self.scheduler.step_update(num_updates=self.step)
+            lr = self.optimizer.param_groups[0]["lr"]
+            elapsed = seconds_before + time.perf_counter() - t0
+            self.epoch_state["seconds"] = elapsed
+            img_s = self.epoch_state["samples"] / max(elapsed, 1e-9)
+            bar.set_postfix(loss=f"{loss_value or 0.0:.4f}", lr=f"{lr:.2e}", img_s=f"{img_s:.0f}", refresh=False)
+            bar.update(1)
+            if self.step % max(cfg["log_every"], 1) == 0 and loss_value is not None:
+                tb.scalars({"step/train_loss": loss_value, "step/lr": lr}, self.step)
+            every = cfg["checkpoint_every_steps"]
+            if every and self.step % every == 0 and self.epoch_step < self.steps_per_epoch:
+                self.save_last()
+        bar.close()
+        self._note_bad(bad)
+        seconds = seconds_before + time.perf_counter() - t0
+        train_loss = self.epoch_state["loss_sum"] / max(self.epoch_state["samples"], 1.0)
+        return train_loss, lr, self.epoch_state["samples"] / max(seconds, 1e-9), seconds
+
+    def _train_step(self, batch) -> float | None:
+        """One optimiser step on a batch; returns the loss averaged over ranks (None: no step was possible).
+
+        Raises:
+            NonFiniteLoss: before the weights are touched, so ``last.pth`` still holds the last good state.
+        """
+        images = batch.images.to(self.device, non_blocking=True)
+        targets = batch.targets.to(self.device, non_blocking=True)
+        if self.mixup is not None and len(targets) % 2:
+            # an unreadable file left an odd batch; timm's Mixup pairs images, so drop one image
+            images, targets = images[:-1], targets[:-1]
+        have_data = len(targets) > 0
+        if not have_data and not self.dist.distributed:
+            return None  # every file of this batch was unreadable
+        if self.mixup is not None and have_data:
+            images, targets = self.mixup(images, targets)
+        with autocast(self.device, self.amp_dtype):
+            if have_data:
+                logits = self.ddp_model(images)
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = self.teacher(images)
+                    loss = self.kd_loss(logits, teacher_logits)
+                else:
+                    loss = self.criterion(logits, targets)
+            else:
+                # DDP ranks must all join the gradient all-reduce: a zero-gradient pass over every parameter
+                loss = sum(p.sum() for p in self.ddp_model.parameters()) * 0.0
+        loss_value = loss.item()
+        if self.dist.distributed:
+            loss_value = all_reduce_sum([loss_value], self.device)[0] / self.dist.world_size
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(self.step + 1, loss_value)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg["clip_grad"]:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["clip_grad"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step + 1)
+        return loss_value
+
+
+def load_resume_state(run_dir: Path) -> dict[str, Any]:
+    """``DIR/last.pth`` of an earlier run, with a message that says what is wrong if it cannot be used."""
+    if not run_dir.is_dir():
+        raise SReTError(f"--resume {run_dir}: no such run folder")
+    state = load_checkpoint(run_dir / "last.pth")
+    missing = [k for k in ("model", "optimizer", "scheduler", "step", "config") if k not in state]
+    if missing:
+        raise SReTError(f"{run_dir / 'last.pth'} is not an sret training checkpoint (missing {', '.join(missing)})")
+    return state
