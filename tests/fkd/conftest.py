@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 NUM_CLASSES = 10
-TEACHER_ARCH = "resnet10t"
+TEACHER_ARCH = "test_byobnet"
 TEACHER_SIZE = 32
 
 
@@ -43,7 +43,7 @@ def image_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def teacher_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random but fixed resnet10t; the head is scaled so its soft labels are far from uniform (no top-k ties)."""
+    """A random but fixed tiny timm net; the head is scaled so its soft labels are far from uniform (no top-k ties)."""
     import timm
 
     torch.manual_seed(0)
