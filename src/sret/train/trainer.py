@@ -99,6 +99,9 @@ class Trainer:
             cfg["img_size"] = self.source.img_size or self._model_default_size(cfg["model"])
         if cfg["drop_path"] is None:
             cfg["drop_path"] = default_drop_path(cfg["model"])
+        # how images were fed, so `sret predict` can preprocess without the data set at hand
+        cfg["data_mean"], cfg["data_std"] = list(self.source.mean), list(self.source.std)
+        cfg["crop_pct"] = self.source.crop_pct
         aug = AugmentConfig(auto_augment=cfg["aa"] or None, re_prob=cfg["reprob"], scale=tuple(cfg["scale"]),
                             hflip=cfg["hflip"], color_jitter=cfg["color_jitter"])
         train_base = self.source.split("train")
