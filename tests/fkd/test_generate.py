@@ -217,7 +217,7 @@ def test_other_settings_refused(generated: tuple[Path, Path], teacher_ckpt: Path
 @pytest.mark.parametrize("change,message", [
     (["--teacher", "no_such_model_xyz"], "unknown teacher model"),
     (["--teacher-model", ""], "give its architecture with --teacher-model"),
-    (["--data", "/nonexistent/data"], "not a directory"),
+    (["--data", "/nonexistent/data"], "data folder not found"),
     (["--top-k", "11"], "exceeds the teacher's 10 classes"),
     (["--num-crops", "0"], "--num-crops must be >= 1"),
     (["--teacher", "/nonexistent/ckpt.pth"], "does not exist"),
@@ -240,3 +240,26 @@ def test_grey_teacher_and_named_model(tmp_path: Path, capsys: pytest.CaptureFixt
     assert m.in_chans == 1 and len(m.mean) == 1 and m.num_classes == 4 and m.teacher_checkpoint is None
     ds = FKDReplayDataset(open_image_dataset(str(data)), tmp_path / "l", num_crops=2, img_size=20, in_chans=1)
     assert ds[0][0].shape == (2, 1, 20, 20)
+
+
+def test_unreadable_image_gets_no_labels_and_is_skipped(tmp_path: Path, teacher_ckpt: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=2)
+    (data / "train" / "class_1" / "img_0.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert main(label_args(data, tmp_path / "l", teacher_ckpt)) == 0
+    assert "1 unreadable image(s)" in capsys.readouterr().out
+    store = LabelStore(tmp_path / "l")
+    assert not store[2]["prob"].any() and store[0]["prob"].any()
+    fkd = build_fkd_train_loader(open_image_dataset(str(data)), tmp_path / "l", batch_size=8, num_crops=2,
+                                 img_size=16, workers=0, drop_last=False)
+    fkd.set_epoch(0)
+    rows = sum(x.shape[0] for x, _, _ in fkd.loader)
+    assert rows == 3 * 2  # 4 images, one dropped, 2 crops each
+
+
+def test_in_memory_dataset_file_list() -> None:
+    from sret.fkd.dataset import dataset_file_list
+
+    ds = open_image_dataset("sample")
+    files = dataset_file_list(ds)
+    assert len(files) == len(ds) and files[3] == ("#3", 28 * 28)

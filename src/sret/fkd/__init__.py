@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .crops import cut_crop, sample_crops
 from .loss import SOFT_LABEL_MODES, FKDSoftTargetCrossEntropy, expand_soft_labels, mix_fkd_batch
@@ -53,14 +53,15 @@ class FKDLoader:
 
     loader: DataLoader
     dataset: FKDReplayDataset
-    sampler: DistributedSampler
+    sampler: Sampler
 
     @property
     def num_classes(self) -> int:
         return self.dataset.num_classes
 
     def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
         self.dataset.set_epoch(epoch)
 
 
@@ -70,7 +71,8 @@ def build_fkd_train_loader(base_dataset: Dataset, labels: str | os.PathLike | La
                            in_chans: int = 3, seed: int = 0, workers: int = 4, drop_last: bool = True,
                            post_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                            verify: str = "full", pin_memory: bool | None = None,
-                           rank: int | None = None, world_size: int | None = None) -> FKDLoader:
+                           rank: int | None = None, world_size: int | None = None,
+                           sampler: Sampler | None = None) -> FKDLoader:
     """Replay dataset + sharded sampler + loader yielding ``(crops, topk_idx, topk_prob)`` batches.
 
     Args:
@@ -86,6 +88,9 @@ def build_fkd_train_loader(base_dataset: Dataset, labels: str | os.PathLike | La
         verify: label shard verification, ``"full"`` (sha256), ``"size"`` or ``"none"``.
         pin_memory: default: when CUDA is available.
         rank, world_size: default: from ``torch.distributed`` when initialised, else single process.
+        sampler: your own sampler over sample indices (e.g. ``sret.data.ResumableSampler`` with
+            ``batch_size // num_crops`` images per batch, for mid-pass resume); default: a shuffling
+            ``DistributedSampler`` seeded with ``seed``.
     """
     if batch_size % num_crops:
         raise ValueError(f"batch size {batch_size} must be a multiple of --num-crops {num_crops}")
@@ -95,8 +100,9 @@ def build_fkd_train_loader(base_dataset: Dataset, labels: str | os.PathLike | La
         dist_on = torch.distributed.is_available() and torch.distributed.is_initialized()
         rank = torch.distributed.get_rank() if dist_on else 0
         world_size = torch.distributed.get_world_size() if dist_on else 1
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                 drop_last=drop_last)
+    if sampler is None:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                     drop_last=drop_last)
     loader = DataLoader(dataset, batch_size=batch_size // num_crops, sampler=sampler, num_workers=workers,
                         collate_fn=fkd_collate, drop_last=drop_last,
                         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,

@@ -11,43 +11,26 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from sret.errors import SReTError
-
-__all__ = ["open_image_dataset", "dataset_file_list", "dataset_num_classes"]
-
-
-def _pil_loader(path: str) -> Any:
-    from PIL import Image
-
-    with open(path, "rb") as f:
-        img = Image.open(f)
-        img.load()
-    return img
+__all__ = ["open_image_dataset", "dataset_file_list", "dataset_num_classes", "is_image_item"]
 
 
 def open_image_dataset(data: str, split: str = "train") -> Any:
     """The training images of ``data`` as a dataset returning ``(PIL image, class index)`` with no transform.
 
-    ``data`` is an ImageFolder root (``DATA/train/<class>/*`` as ImageNet is usually kept, or ``DATA/<class>/*``),
-    or a name the training pipeline knows (``fashion-mnist``, ``sample``) when :mod:`sret.data` provides it.
+    Goes through :func:`sret.data.open_source`, the same resolution ``sret train`` uses (an ImageFolder root with
+    ``train/``, a flat class-folder root, ``fashion-mnist`` or ``sample``), so both sides see the same sample order.
+    Unreadable files come back as :class:`sret.data.BadSample` instead of raising.
     """
-    from torchvision.datasets import ImageFolder
+    from sret.data import open_source
 
-    path = Path(data)
-    if path.is_dir():
-        root = path / split if (path / split).is_dir() else path
-        try:
-            return ImageFolder(str(root), loader=_pil_loader)
-        except (FileNotFoundError, RuntimeError) as err:
-            raise SReTError(f"cannot read image folder {str(root)!r}: {err}") from None
-    try:  # named datasets belong to the training pipeline; use it when it is installed
-        from sret.data import fkd_base_dataset  # type: ignore[attr-defined]
-    except ImportError:
-        fkd_base_dataset = None
-    if fkd_base_dataset is not None:
-        return fkd_base_dataset(data, split=split)
-    raise SReTError(f"data {data!r} is not a directory; give an ImageFolder root (with a train/ folder or class "
-                    "folders)")
+    return open_source(data).split(split)
+
+
+def is_image_item(item: Any) -> bool:
+    """False for the placeholder the training data sets return for an undecodable file."""
+    from PIL import Image
+
+    return isinstance(item, tuple) and len(item) >= 1 and isinstance(item[0], Image.Image)
 
 
 def _files_of(dataset: Any) -> tuple[list[str], str | None] | None:
@@ -76,8 +59,10 @@ def dataset_file_list(dataset: Any) -> list[tuple[str, int]]:
         inner = dataset_file_list(dataset.dataset)
         return [inner[i] for i in dataset.indices]
     found = _files_of(dataset)
-    if found is None:
-        return [(f"#{i}", 0) for i in range(len(dataset))]
+    if found is None:  # in-memory data (Fashion-MNIST): positions and per-image byte counts
+        images = getattr(dataset, "images", None)
+        per_image = int(images[0].numel() * images.element_size()) if images is not None and len(images) else 0
+        return [(f"#{i}", per_image) for i in range(len(dataset))]
     paths, root = found
     out = []
     for p in paths:

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from sret.errors import SReTError
 
 from .crops import cut_crop, normalize_uint8, sample_crops, to_mode
+from .dataset import is_image_item
 from .storage import (METADATA_FILE, LabelMeta, ShardInfo, atomic_write_bytes, expected_shard_bytes, sha256_file,
                       shard_name, shard_ranges, write_shard)
 
@@ -44,13 +45,19 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, k: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """``(index, crops uint8 [n, C, H, W], boxes [n, 4], flips [n], readable)``."""
         m, index = self.meta, self.indices[k]
-        image = to_mode(self.base[index][0], m.in_chans)
+        item = self.base[index]
+        if not is_image_item(item):  # undecodable file: all-zero labels, which replay skips like training does
+            crops = torch.zeros((m.num_crops, m.in_chans, *m.teacher_img_size), dtype=torch.uint8)
+            zeros = torch.zeros(m.num_crops, 4, dtype=torch.int32)
+            return index, crops, zeros, torch.zeros(m.num_crops, dtype=torch.uint8), False
+        image = to_mode(item[0], m.in_chans)
         boxes, flips = sample_crops(image, m.num_crops, m.seed, index, m.scale, m.ratio, m.flip_p)
         crops = torch.stack([cut_crop(image, b, bool(f), m.teacher_img_size, m.interpolation)
                              for b, f in zip(boxes, flips)])
-        return index, crops, torch.from_numpy(boxes), torch.from_numpy(flips)
+        return index, crops, torch.from_numpy(boxes), torch.from_numpy(flips), True
 
 
 @dataclass
@@ -157,14 +164,14 @@ def generate_labels(teacher: torch.nn.Module, base: Dataset, output: str | os.Pa
     say(f"fkd-label: {meta.num_samples} images in {len(ranges)} shards of {meta.shard_size}; {world} rank(s); "
         f"{skipped} finished shard(s) of rank 0 skipped, {len(todo)} to do")
     images_per_batch = max(1, batch_size // meta.num_crops)
-    t0, done = time.perf_counter(), 0
+    t0, done, unreadable = time.perf_counter(), 0, 0
     for n_done, k in enumerate(todo):
         start, stop = ranges[k]
         records = np.zeros((stop - start, meta.num_crops), dtype=meta.dtype)
         loader = DataLoader(CropDataset(base, range(start, stop), meta), batch_size=images_per_batch,
                             num_workers=workers, pin_memory=device.type == "cuda",
                             persistent_workers=False, prefetch_factor=2 if workers > 0 else None)
-        for indices, crops, boxes, flips in loader:
+        for indices, crops, boxes, flips, readable in loader:
             rows = indices.numpy() - start
             records["box"][rows] = boxes.numpy()
             records["flip"][rows] = flips.numpy()
@@ -177,8 +184,13 @@ def generate_labels(teacher: torch.nn.Module, base: Dataset, output: str | os.Pa
             shape = (len(rows), meta.num_crops, meta.top_k)
             records["idx"][rows] = np.concatenate(idx_parts).reshape(shape)
             records["prob"][rows] = np.concatenate(prob_parts).reshape(shape).astype(np.float16)
+            bad = rows[~readable.numpy()]
+            records["idx"][bad], records["prob"][bad] = 0, 0
+            unreadable += len(bad)
             done += len(rows)
         write_shard(output, k, records, start)
+        if unreadable:
+            say(f"fkd-label: {unreadable} unreadable image(s) so far got no labels (training skips them)")
         elapsed = time.perf_counter() - t0
         say(f"fkd-label: shard {k} done ({n_done + 1}/{len(todo)} on rank 0), {done / max(elapsed, 1e-9):.1f} img/s")
     elapsed = time.perf_counter() - t0
@@ -205,6 +217,7 @@ def generate_labels(teacher: torch.nn.Module, base: Dataset, output: str | os.Pa
             "bytes_total": total_bytes,
             "images_per_s": total_done / elapsed if total_done else None,
             "generated_images_this_run": total_done,
+            "unreadable_images_this_run": unreadable,
             "seconds_this_run": elapsed,
             "world_size": world,
             "device": str(device),

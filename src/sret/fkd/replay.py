@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from sret.errors import SReTError
 
 from .crops import cut_crop, fit_stats, normalize_uint8, to_mode
-from .dataset import dataset_file_list
+from .dataset import dataset_file_list, is_image_item
 from .storage import LabelStore, check_file_list
 
 __all__ = ["FKDReplayDataset", "fkd_collate", "fkd_passes"]
@@ -99,10 +99,17 @@ class FKDReplayDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         return np.sort(rng.choice(self.store.meta.num_crops, size=self.num_crops, replace=False))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(crops [n, C, H, W] float32, topk_idx [n, k] int64, topk_prob [n, k] float32)``."""
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | Any:
+        """``(crops [n, C, H, W] float32, topk_idx [n, k] int64, topk_prob [n, k] float32)``.
+
+        An undecodable image (or one that was undecodable at generation, stored with all-zero labels) returns the
+        base data set's placeholder (e.g. :class:`sret.data.BadSample`), which :func:`fkd_collate` drops.
+        """
         records = self.store[index][self.crop_choice(index)]
-        image = to_mode(self.base[index][0], self.in_chans)
+        item = self.base[index]
+        if not is_image_item(item) or not records["prob"].any():
+            return item if not is_image_item(item) else _Unlabelled(index)
+        image = to_mode(item[0], self.in_chans)
         crops = []
         for rec in records:
             x = normalize_uint8(cut_crop(image, rec["box"], bool(rec["flip"]), self.img_size, self.interpolation),
@@ -113,8 +120,20 @@ class FKDReplayDataset(Dataset):
         return torch.stack(crops), idx, prob
 
 
-def fkd_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
-    """Flatten the crops of every image into the batch: ``B`` items of ``n`` crops -> ``B * n`` rows."""
+class _Unlabelled(NamedTuple):
+    """A sample that had no readable image when its labels were generated."""
+
+    index: int
+
+
+def fkd_collate(batch: Sequence[Any]) -> tuple[torch.Tensor, ...]:
+    """Flatten the crops of every image into the batch: ``B`` items of ``n`` crops -> ``B * n`` rows.
+
+    Placeholders of unreadable images are dropped (the batch is then a few rows short, as in plain training).
+    """
+    batch = [b for b in batch if isinstance(b, tuple) and len(b) == 3 and isinstance(b[0], torch.Tensor)]
+    if not batch:
+        raise SReTError("a whole FKD batch consisted of unreadable images")
     crops, idx, prob = zip(*batch)
     return torch.cat(crops), torch.cat(idx), torch.cat(prob)
 
