@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from sret.data.folder import collate_skipping
@@ -58,8 +59,14 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, drop_last: bool) -> DataLoader:
-    """A DataLoader whose batches are :class:`sret.data.folder.Batch` (unreadable files dropped and reported)."""
+def make_loader(
+    dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, drop_last: bool, seed: int = 0
+) -> DataLoader:
+    """A DataLoader whose batches are :class:`sret.data.folder.Batch` (unreadable files dropped and reported).
+
+    It gets its own generator: otherwise every new epoch iterator draws its worker seed from the global torch RNG,
+    and a run resumed mid-epoch (which creates that iterator at another point) would drift from an uninterrupted one.
+    """
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -69,4 +76,5 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: in
         pin_memory=False,
         drop_last=drop_last,
         persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
     )

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="label directory (created; an interrupted run there resumes)")
     p.add_argument("--num-crops", type=int, default=500, help="random-resized crops stored per image (FKD: 500)")
     p.add_argument("--top-k", type=int, default=5, help="teacher probabilities kept per crop")
-    p.add_argument("--teacher-img-size", type=int, default=None, help="teacher resolution (default: its pretrained_cfg)")
+    p.add_argument("--teacher-img-size", type=int, default=None, help="teacher resolution (default: pretrained_cfg)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the stored labels")
     p.add_argument("--batch-size", type=int, default=500, help="crops per teacher forward pass")
     p.add_argument("--shard-size", type=int, default=1000, help="images per shard file (the unit of resume)")
@@ -104,8 +104,8 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
     num_classes = _num_outputs(teacher, tcfg.in_chans, tcfg.img_size)
     data_classes = dataset_num_classes(base)
     if rank == 0 and data_classes is not None and data_classes != num_classes:
-        print(f"fkd-label: warning: teacher predicts {num_classes} classes, the dataset has {data_classes}; the student "
-              f"must then be built with {num_classes} classes")
+        print(f"fkd-label: warning: teacher predicts {num_classes} classes, the dataset has {data_classes}; "
+              f"the student must then be built with {num_classes} classes")
     meta = LabelMeta(
         teacher=name, teacher_checkpoint=ckpt, temperature=args.temperature, num_crops=args.num_crops,
         top_k=args.top_k, num_classes=num_classes, num_samples=len(base), shard_size=args.shard_size, seed=args.seed,

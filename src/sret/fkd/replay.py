@@ -64,7 +64,8 @@ class FKDReplayDataset(Dataset):
         if len(base) != meta.num_samples or check_files:
             check_file_list(meta.files, dataset_file_list(base))
         if not 1 <= num_crops <= meta.num_crops:
-            raise SReTError(f"--num-crops {num_crops} must be between 1 and the {meta.num_crops} crops stored per image")
+            raise SReTError(f"--num-crops {num_crops} must be between 1 and the {meta.num_crops} crops stored per "
+                            "image")
         self.num_crops = num_crops
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
         self.in_chans = in_chans

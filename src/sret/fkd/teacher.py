@@ -118,7 +118,8 @@ def build_teacher(teacher: str, teacher_model: str | None = None, num_classes: i
     """
     if os.path.isfile(teacher):
         if not teacher_model:
-            raise SReTError(f"teacher {teacher!r} is a checkpoint file: give its architecture with --teacher-model NAME")
+            raise SReTError(f"teacher {teacher!r} is a checkpoint file: give its architecture with "
+                            "--teacher-model NAME")
         state = _read_state(teacher)
         model = _create(teacher_model, False, img_size, num_classes=num_classes, in_chans=in_chans)
         stored = _checkpoint_classes(model, state) if num_classes is None else None

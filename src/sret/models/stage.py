@@ -125,13 +125,13 @@ class RecursiveStage(nn.Module):
     def check_grid(self, height: int, width: int) -> None:
         """Raise a clear error when the grid's tokens cannot be cut into this stage's groups."""
         tokens = height * width
-        for groups in self.group_counts:
-            if tokens % groups != 0:
-                raise SReTError(
-                    f"stage {self.stage_index}: a {height}x{width} grid has {tokens} tokens, which do not divide into "
-                    f"{groups} attention groups; choose an input size whose stage grids divide by the groups, or a "
-                    f"model with other groups"
-                )
+        bad = [g for g in sorted(self.group_counts, reverse=True) if tokens % g != 0]
+        if bad:
+            raise SReTError(
+                f"stage {self.stage_index}: a {height}x{width} grid has {tokens} tokens, which do not divide into "
+                f"{' or '.join(map(str, bad))} attention groups; choose an input size whose stage grids divide by the "
+                f"groups ({', '.join(map(str, self.group_counts))}), or a model with other groups"
+            )
 
     def _seeded_permutation(self, step: int, num_tokens: int) -> torch.Tensor:
         # Seeded on the CPU so the same model gives the same permutation on every device and machine.

@@ -13,7 +13,10 @@ from typing import Any
 
 from sret.train.checkpoint import atomic_write_text
 
-COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "ema_top1", "lr", "img_per_s", "seconds")
+COLUMNS = (
+    "epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "ema_top1", "lr", "img_per_s", "seconds",
+    "val_images",
+)  # fmt: skip
 
 
 def write_csv(history: list[dict[str, Any]], path: Path) -> None:

@@ -117,7 +117,8 @@ class Trainer:
         if self.mixup_active and bs % 2:
             raise SReTError(f"mixup/cutmix need an even --batch-size (got {bs}); or set --mixup 0 --cutmix 0")
         self.sampler = ResumableSampler(self.train_set, bs, world, dist_info.rank, seed=cfg["seed"])
-        self.train_loader = make_loader(self.train_set, self.sampler, bs, cfg["workers"], drop_last=True)
+        self.train_loader = make_loader(self.train_set, self.sampler, bs, cfg["workers"], drop_last=True,
+                                        seed=cfg["seed"] + dist_info.rank)
         self.val_loader = make_loader(self.val_set, ShardSampler(self.val_set, world, dist_info.rank), bs,
                                       cfg["workers"], drop_last=False)
         self.steps_per_epoch = self.sampler.batches_per_epoch
@@ -254,6 +255,8 @@ class Trainer:
         tb = logbook.TensorBoard(self.out / "tb" if main else None, purge_step=self.step or None)
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
+            for stale in self.out.glob(".last.pth.*.tmp"):  # left by a kill during a checkpoint write
+                stale.unlink(missing_ok=True)
             atomic_write_text(dump_yaml(cfg), self.out / "config.yaml")
             n_params = sum(p.numel() for p in self.model.parameters())
             print(f"sret train: {cfg['model']} ({n_params / 1e6:.2f}M params) on {cfg['data']} "
@@ -276,6 +279,7 @@ class Trainer:
                 self.epoch_state = {"loss_sum": 0.0, "samples": 0.0, "seconds": 0.0}
                 row = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss, "val_loss": metrics["loss"],
                        "val_top1": metrics["top1"], "val_top5": metrics["top5"], "ema_top1": ema_top1, "lr": lr,
+                       "val_images": metrics["count"],
                        "img_per_s": img_s, "seconds": seconds}
                 self.history.append(row)
                 is_best = metrics["top1"] > self.best_top1
