@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
@@ -54,7 +53,7 @@ def _load_file(path: Path) -> Any:
             f"checkpoint {path}: refused to load; it holds objects other than tensors and plain containers, and "
             f"loading them would run code from the file ({first})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - any failure to parse a damaged file is the same user error
         size = path.stat().st_size
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
