@@ -5,6 +5,7 @@ from sret.models.blocks import NonLinearProjection, RecursiveBlock, ResidualCoef
 from sret.models.factory import create_model, list_models
 from sret.models.macs import count_macs, count_params
 from sret.models.published import PUBLISHED_CONSTRUCTORS
+from sret.models import recursive_vit  # noqa: F401  (registers vit_recursive_tiny with timm)
 from sret.models.sret import SReT
 from sret.models.stage import RecursiveStage
 from sret.models.variants import VARIANTS, VariantInfo
