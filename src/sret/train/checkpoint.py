@@ -97,7 +97,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 (torch raises many types for truncated/foreign files)
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {first}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} is not a checkpoint dict")
     return obj

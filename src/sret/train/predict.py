@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint).expanduser()
     if not checkpoint.is_file():
         raise SReTError(f"checkpoint not found: {checkpoint}")
+    if args.model:
+        check_model_name(args.model)  # before reading the file: the cheaper, clearer error first
     spec = eval_spec(args.model, checkpoint, args.img_size, args.in_chans)
     check_model_name(spec.model)
     num_classes = args.num_classes or (len(spec.class_names) if spec.class_names else None)

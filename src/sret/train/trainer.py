@@ -101,14 +101,15 @@ class Trainer:
             cfg["drop_path"] = default_drop_path(cfg["model"])
         # how images were fed, so `sret predict` can preprocess without the data set at hand
         cfg["data_mean"], cfg["data_std"] = list(self.source.mean), list(self.source.std)
-        cfg["crop_pct"] = self.source.crop_pct
+        cfg["crop_pct"] = self.source.crop_pct if self.source.crop_pct is not None else self._model_crop_pct(cfg["model"])
         aug = AugmentConfig(auto_augment=cfg["aa"] or None, re_prob=cfg["reprob"], scale=tuple(cfg["scale"]),
                             hflip=cfg["hflip"], color_jitter=cfg["color_jitter"])
         train_base = self.source.split("train")
         val_base = self.source.split("val")
         size, chans = cfg["img_size"], cfg["in_chans"]
         self.train_set = TransformedView(train_base, build_transform(self.source, size, chans, True, aug))
-        self.val_set = TransformedView(val_base, build_transform(self.source, size, chans, False))
+        self.val_set = TransformedView(val_base, build_transform(self.source, size, chans, False,
+                                                                 crop_pct=cfg["crop_pct"]))
         bs, world = cfg["batch_size"], dist_info.world_size
         if bs * world > len(self.train_set):
             raise SReTError(f"--batch-size {bs} x {world} process(es) = {bs * world} is larger than the training set "
@@ -179,6 +180,13 @@ class Trainer:
 
         cfg = timm.models.get_pretrained_cfg(name)
         return int(cfg.input_size[-1]) if cfg is not None else 224
+
+    @staticmethod
+    def _model_crop_pct(name: str) -> float | None:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        return getattr(cfg, "crop_pct", None) if cfg is not None else None
 
     def _build_teacher(self) -> nn.Module:
         """Teacher from an sret checkpoint (its config names the model) or a model name (+ weights)."""

@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         raise SReTError(f"checkpoint not found: {checkpoint}")
     if args.batch_size < 1:
         raise SReTError("--batch-size must be >= 1")
+    if args.model:
+        check_model_name(args.model)  # before reading the file: the cheaper, clearer error first
     spec = eval_spec(args.model, checkpoint, args.img_size, args.in_chans)
     check_model_name(spec.model)
     source = open_source(args.data)
