@@ -1,4 +1,4 @@
-"""Train / eval pipelines: timm's ``create_transform`` plus the one step it lacks, feeding grey data to 1-channel models.
+"""Train / eval pipelines: timm's ``create_transform`` plus the one step it lacks, grey data for 1-channel models.
 
 Images always arrive as 3-channel PIL images (grey data sets repeat their channel), so every timm augmentation
 works as for ImageNet; :class:`FirstChannel` then keeps one channel when the model was built with ``in_chans=1``.

@@ -62,7 +62,8 @@ def evaluate(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    correct1, correct5, loss_sum, count, seconds = all_reduce_sum([correct1, correct5, loss_sum, count, seconds], device)
+    totals = all_reduce_sum([correct1, correct5, loss_sum, count, seconds], device)
+    correct1, correct5, loss_sum, count, seconds = totals
     ranks = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     seconds /= ranks  # ranks run in parallel: report the mean wall time, not the sum
     n = max(count, 1.0)

@@ -101,7 +101,8 @@ class Trainer:
             cfg["drop_path"] = default_drop_path(cfg["model"])
         # how images were fed, so `sret predict` can preprocess without the data set at hand
         cfg["data_mean"], cfg["data_std"] = list(self.source.mean), list(self.source.std)
-        cfg["crop_pct"] = self.source.crop_pct if self.source.crop_pct is not None else self._model_crop_pct(cfg["model"])
+        crop = self.source.crop_pct
+        cfg["crop_pct"] = crop if crop is not None else self._model_crop_pct(cfg["model"])
         aug = AugmentConfig(auto_augment=cfg["aa"] or None, re_prob=cfg["reprob"], scale=tuple(cfg["scale"]),
                             hflip=cfg["hflip"], color_jitter=cfg["color_jitter"])
         train_base = self.source.split("train")
@@ -322,7 +323,7 @@ class Trainer:
         """Train the rest of epoch ``self.epoch``; returns (mean loss, last lr, img/s, seconds)."""
         from tqdm import tqdm
 
-        cfg, world = self.cfg, self.dist.world_size
+        cfg = self.cfg
         self.ddp_model.train()
         self.sampler.set_epoch(self.epoch)
         self.sampler.set_start_batch(self.epoch_step)

@@ -10,15 +10,13 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from sret.errors import SReTError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name (optional for sret training checkpoints)")
     parser.add_argument("--checkpoint", required=True, help=".pth / .safetensors weights")
-    parser.add_argument("--data", required=True, help="'sample', 'fashion-mnist', or a folder (with val/ or of classes)")
+    parser.add_argument("--data", required=True, help="'sample', 'fashion-mnist', or a folder (val/ or class folders)")
     parser.add_argument("--split", default="val", help="split to evaluate: val (default) or train")
     parser.add_argument("--img-size", type=int, default=None)
     parser.add_argument("--in-chans", type=int, default=None)
@@ -51,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(args.data)
     data = source.split(args.split)
     if spec.class_names and spec.class_names != source.class_names:
-        raise SReTError(f"{checkpoint} was trained on {len(spec.class_names)} classes ({', '.join(spec.class_names[:3])}"
-                        f", ...) that differ from the {source.num_classes} classes of {args.data}")
+        shown = ", ".join(spec.class_names[:3])
+        raise SReTError(f"{checkpoint} was trained on {len(spec.class_names)} classes ({shown}, ...) that differ from "
+                        f"the {source.num_classes} classes of {args.data}")
     device = resolve_device(args.device, DistInfo())
     model = build_eval_model(spec, checkpoint, source.num_classes).to(device)
     size = model_input_size(model, spec.img_size or source.img_size)
@@ -69,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
     json_path = Path(args.json_path) if args.json_path else _default_json(checkpoint)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{spec.model} on {args.data}/{args.split} ({metrics['count']} images, {size} px): top-1 {metrics['top1']:.2f} "
-          f"| top-5 {metrics['top5']:.2f} | loss {metrics['loss']:.4f} | {metrics['img_per_s']:.0f} img/s")
+    print(f"{spec.model} on {args.data}/{args.split} ({metrics['count']} images, {size} px): "
+          f"top-1 {metrics['top1']:.2f} | top-5 {metrics['top5']:.2f} | loss {metrics['loss']:.4f} | "
+          f"{metrics['img_per_s']:.0f} img/s")
     if bad:
         print(f"skipped {result['skipped_files']} unreadable image file(s), e.g. {bad[0].path}")
     print(f"metrics written to {json_path}")
