@@ -76,3 +76,17 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(colour_data, tm
     last = torch.load(run / "last.pth", weights_only=True)
     assert last["step"] == bad_step - 1
     assert "Traceback" not in err
+
+
+def test_distillation_from_an_sret_checkpoint(colour_data, tmp_path):
+    teacher = tmp_path / "teacher"
+    assert cli("train", "--model", TINY, "--data", colour_data, "--output", teacher, *fast_flags(**{"--epochs": 1})) == 0
+    student = tmp_path / "student"
+    assert cli("train", "--model", TINY, "--data", colour_data, "--output", student, "--teacher", teacher / "last.pth",
+               "--kd-temperature", 2, *fast_flags(**{"--epochs": 1})) == 0
+    state = torch.load(student / "last.pth", weights_only=True)
+    assert state["config"]["teacher"] == str(teacher / "last.pth") and state["step"] == 8
+    # a teacher whose classes differ from the data is refused
+    other = make_image_folder(tmp_path / "three", {"train": [8] * 3, "val": [2] * 3})
+    assert cli("train", "--model", TINY, "--data", other, "--output", tmp_path / "s2", "--teacher",
+               teacher / "last.pth", *fast_flags(**{"--epochs": 1})) == 2
