@@ -90,3 +90,15 @@ def test_distillation_from_an_sret_checkpoint(colour_data, tmp_path):
     other = make_image_folder(tmp_path / "three", {"train": [8] * 3, "val": [2] * 3})
     assert cli("train", "--model", TINY, "--data", other, "--output", tmp_path / "s2", "--teacher",
                teacher / "last.pth", *fast_flags(**{"--epochs": 1})) == 2
+
+
+def test_ema_is_evaluated_and_checkpointed_and_runs_are_not_overwritten(colour_data, tmp_path, capsys):
+    run = tmp_path / "ema"
+    assert cli("train", "--model", TINY, "--data", colour_data, "--output", run, "--ema", "--ema-decay", 0.9,
+               *fast_flags(**{"--epochs": 1})) == 0
+    rows = read_log(run)
+    assert rows[0]["ema_top1"] != ""
+    assert torch.load(run / "last.pth", weights_only=True)["ema"] is not None
+    capsys.readouterr()
+    assert cli("train", "--model", TINY, "--data", colour_data, "--output", run, *fast_flags()) == 2
+    assert "already holds a run" in capsys.readouterr().err

@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             assert _PARSER is not None
             cfg = finalize(config_from_args(_PARSER, args), dist_info.world_size)
+            if (Path(cfg["output"]) / "last.pth").exists():
+                raise SReTError(f"{cfg['output']} already holds a run (last.pth); continue it with --resume "
+                                f"{cfg['output']} or choose another --output")
         trainer = Trainer(cfg, dist_info, resume_state)
         try:
             history = trainer.fit()
