@@ -22,7 +22,7 @@ DEMO_FLAGS = [
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="runs/demo", help="run folder (replaced if it exists)")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--device", default="auto")
 
 
