@@ -1,62 +1,14 @@
-"""Fixtures for the training tests: tiny synthetic ImageFolder data sets and in-process CLI calls."""
+"""Fixtures for the training tests (helpers live in train_helpers.py, a name no other conftest shadows)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-
-REPO = Path(__file__).resolve().parents[2]
-# timm's 268k-parameter test ViT: fast enough for the mechanics tests (resume, DDP, corrupt files)
-TINY = "test_vit"
-COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40), (40, 220, 220), (220, 40, 220), (128, 128, 128)]
-
-
-def make_image_folder(root: Path, counts: dict[str, list[int]], size: int = 32, seed: int = 0) -> Path:
-    """``root/{split}/c{k}/*.png`` with ``counts[split][k]`` images of class k: a class colour plus noise, so a
-    model can learn it in a few steps."""
-    rng = np.random.default_rng(seed)
-    for split, per_class in counts.items():
-        for k, n in enumerate(per_class):
-            d = root / split / f"c{k}"
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                base = np.array(COLOURS[k % len(COLOURS)], dtype=np.float32)
-                img = np.clip(base + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(d / f"{i:03d}.png")
-    return root
+from train_helpers import make_image_folder
 
 
 @pytest.fixture
 def colour_data(tmp_path: Path) -> Path:
     """4 classes, 16 train / 4 val images each."""
     return make_image_folder(tmp_path / "colours", {"train": [16] * 4, "val": [4] * 4})
-
-
-def cli(*argv: str) -> int:
-    """Run ``sret ARGV`` in-process (no interpreter start-up) and return its exit code."""
-    from sret.cli import main
-
-    try:
-        return main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse errors
-        return int(exc.code)
-
-
-def cli_subprocess(*argv: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run([sys.executable, "-m", "sret", *map(str, argv)], capture_output=True, text=True,
-                          timeout=timeout, env=env, **kwargs)
-
-
-def fast_flags(**overrides) -> list[str]:
-    """A short schedule with the heavy augmentations off, so tiny runs are quick and learn."""
-    flags = {"--epochs": "2", "--batch-size": "8", "--workers": "0", "--aa": "", "--mixup": "0", "--cutmix": "0",
-             "--reprob": "0", "--warmup-epochs": "0", "--lr": "2e-3", "--img-size": "32", "--log-every": "1"}
-    flags.update({k: str(v) for k, v in overrides.items()})
-    return [x for kv in flags.items() for x in kv]

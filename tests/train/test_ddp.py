@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, TINY, cli_subprocess, fast_flags, make_image_folder
+from train_helpers import REPO, TINY, cli_subprocess, fast_flags, make_image_folder
 
 
 def test_torchrun_two_processes_gloo(tmp_path):

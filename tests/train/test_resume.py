@@ -14,7 +14,7 @@ import sys
 import time
 
 import torch
-from conftest import REPO, TINY, cli_subprocess, fast_flags, make_image_folder
+from train_helpers import REPO, TINY, cli_subprocess, fast_flags, make_image_folder
 
 EPOCHS, BATCH, TRAIN = 6, 8, 64
 FLAGS = fast_flags(**{"--epochs": EPOCHS, "--batch-size": BATCH, "--checkpoint-every-steps": 1,

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import torch
-from conftest import TINY, cli, fast_flags, make_image_folder
+from train_helpers import TINY, cli, fast_flags, make_image_folder
 
 
 def read_log(run: Path) -> list[dict[str, str]]:

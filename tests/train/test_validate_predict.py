@@ -13,7 +13,7 @@ import math
 import pytest
 import timm
 import torch
-from conftest import TINY, cli, fast_flags, make_image_folder
+from train_helpers import TINY, cli, fast_flags, make_image_folder
 
 import sret  # noqa: F401  (registers the SReT models)
 
