@@ -7,6 +7,7 @@ Precedence: command-line flag > YAML file > recipe default. The resolved configu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="also write last.pth every N steps (0: at epoch ends only)")
     g.add_argument("--log-every", type=int, default=50, help="TensorBoard step scalars every N steps")
     g.add_argument("--grad-checkpointing", action="store_true")
+    g.add_argument("--train-subset", type=int, default=None, metavar="N",
+                   help="train on the first N training images only (smoke tests, quick studies)")
+    g.add_argument("--val-subset", type=int, default=None, metavar="N", help="evaluate on the first N images only")
 
     g = parser.add_argument_group("model and optimisation")
     g.add_argument("--img-size", type=int, default=None, help="default: the data set's (64 for Fashion-MNIST), "
@@ -44,6 +48,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--in-chans", type=int, default=None, help="default: 1 for grey data sets, else 3")
     g.add_argument("--drop-path", type=float, default=None, help="default 0.1 (T, LT) / 0.2 (S)")
     g.add_argument("--drop", type=float, default=0.0)
+    g.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help='extra model constructor arguments as a JSON object, e.g. \'{"use_nll": false}\' (ablations)')
     g.add_argument("--opt", default="adamw")
     g.add_argument("--lr", type=float, default=None, help="default: 0.001 x global_batch / 512")
     g.add_argument("--weight-decay", type=float, default=0.05)
@@ -111,6 +117,10 @@ def finalize(cfg: dict[str, Any], world_size: int) -> dict[str, Any]:
     if cfg["epochs"] < 1 or cfg["batch_size"] < 1:
         raise SReTError("--epochs and --batch-size must be >= 1")
     cfg["world_size"] = world_size
+    cfg["model_kwargs"] = parse_model_kwargs(cfg.get("model_kwargs"))
+    for key in ("train_subset", "val_subset"):
+        if cfg.get(key) is not None and cfg[key] < 1:
+            raise SReTError(f"--{key.replace('_', '-')} must be >= 1")
     if cfg["lr"] is None:
         cfg["lr"] = 1e-3 * cfg["batch_size"] * world_size / 512
     if cfg["warmup_epochs"] is None:
@@ -121,6 +131,21 @@ def finalize(cfg: dict[str, Any], world_size: int) -> dict[str, Any]:
         cfg["workers"] = min(8, max(0, (os.cpu_count() or 1) // max(world_size, 1) - 1))
     cfg["scale"] = [float(s) for s in cfg["scale"]]
     return cfg
+
+
+def parse_model_kwargs(value: Any) -> dict[str, Any]:
+    """``--model-kwargs``: a JSON object (from the command line) or a mapping (from a YAML config)."""
+    if value in (None, ""):
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise SReTError(f"--model-kwargs must be a JSON object, e.g. '{{\"use_nll\": false}}': {err}") from None
+    if not isinstance(parsed, dict):
+        raise SReTError(f"--model-kwargs must be a JSON object, got {type(parsed).__name__}")
+    return parsed
 
 
 def dump_yaml(cfg: dict[str, Any]) -> str:

@@ -30,6 +30,7 @@ def build_model(
     drop_path_rate: float | None = None,
     drop_rate: float = 0.0,
     pretrained: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
     """``timm.create_model`` with the run's shape arguments.
 
@@ -40,6 +41,7 @@ def build_model(
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate
+    kwargs.update(model_kwargs or {})
     try:
         if img_size is not None:
             try:

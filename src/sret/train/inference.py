@@ -6,7 +6,7 @@ for them ``--model`` and the size flags are optional; published and other checkp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,12 @@ class EvalSpec:
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
     crop_pct: float | None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def eval_spec(model: str | None, checkpoint: Path, img_size: int | None, in_chans: int | None) -> EvalSpec:
-    """Combine flags with what an sret checkpoint records (flags win)."""
+def eval_spec(model: str | None, checkpoint: Path, img_size: int | None, in_chans: int | None,
+              model_kwargs: dict[str, Any] | None = None) -> EvalSpec:
+    """Combine flags with what an sret checkpoint records (flags win; ``model_kwargs`` are merged over the run's)."""
     meta: dict[str, Any] = read_metadata(checkpoint) if checkpoint.suffix != ".safetensors" else {}
     cfg = meta.get("config") or {}
     name = model or cfg.get("model")
@@ -45,6 +47,7 @@ def eval_spec(model: str | None, checkpoint: Path, img_size: int | None, in_chan
         mean=tuple(mean) if mean else None,
         std=tuple(std) if std else None,
         crop_pct=cfg.get("crop_pct"),
+        model_kwargs={**(cfg.get("model_kwargs") or {}), **(model_kwargs or {})},
     )
 
 
@@ -53,7 +56,7 @@ def build_eval_model(spec: EvalSpec, checkpoint: Path, num_classes: int) -> nn.M
     from sret.train.checkpoint import load_model_checkpoint
     from sret.train.factory import build_model
 
-    model = build_model(spec.model, num_classes, spec.in_chans, spec.img_size)
+    model = build_model(spec.model, num_classes, spec.in_chans, spec.img_size, model_kwargs=spec.model_kwargs)
     load_model_checkpoint(model, checkpoint, num_classes)
     return model.eval()
 

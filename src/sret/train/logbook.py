@@ -15,7 +15,7 @@ from sret.train.checkpoint import atomic_write_text
 
 COLUMNS = (
     "epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "ema_top1", "lr", "img_per_s", "seconds",
-    "val_images",
+    "val_images", "peak_mem_gib",
 )  # fmt: skip
 
 

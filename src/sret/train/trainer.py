@@ -22,6 +22,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Subset
 
 from sret.data import (
     AugmentConfig, BadSampleLog, ResumableSampler, ShardSampler, TransformedView, build_transform, make_loader,
@@ -107,6 +108,10 @@ class Trainer:
                             hflip=cfg["hflip"], color_jitter=cfg["color_jitter"])
         train_base = self.source.split("train")
         val_base = self.source.split("val")
+        if cfg.get("train_subset"):
+            train_base = Subset(train_base, range(min(cfg["train_subset"], len(train_base))))
+        if cfg.get("val_subset"):
+            val_base = Subset(val_base, range(min(cfg["val_subset"], len(val_base))))
         size, chans = cfg["img_size"], cfg["in_chans"]
         self.train_set = TransformedView(train_base, build_transform(self.source, size, chans, True, aug))
         self.val_set = TransformedView(val_base, build_transform(self.source, size, chans, False,
@@ -127,7 +132,8 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg["epochs"]
 
         # model, optimisation
-        self.model = build_model(cfg["model"], self.source.num_classes, chans, size, cfg["drop_path"], cfg["drop"])
+        self.model = build_model(cfg["model"], self.source.num_classes, chans, size, cfg["drop_path"], cfg["drop"],
+                                 model_kwargs=cfg.get("model_kwargs"))
         if cfg.get("finetune") and resume_state is None:
             from sret.models.weights import load_weights
 
@@ -206,7 +212,8 @@ class Trainer:
         if chans != self.cfg["in_chans"]:
             raise SReTError(f"teacher {name} takes {chans}-channel images, the student {self.cfg['in_chans']}")
         if ckpt:
-            teacher = build_model(name, self.source.num_classes, chans, size)
+            kwargs = (tcfg.get("model_kwargs") if path.is_file() else None) or {}
+            teacher = build_model(name, self.source.num_classes, chans, size, model_kwargs=kwargs)
             load_model_checkpoint(teacher, Path(ckpt).expanduser(), self.source.num_classes)
         else:
             try:
@@ -276,7 +283,10 @@ class Trainer:
                   + (f" | resuming at epoch {self.epoch + 1}, step {self.step}" if self.step else ""), flush=True)
         try:
             while self.epoch < cfg["epochs"]:
+                if self.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(self.device)
                 train_loss, lr, img_s, seconds = self._train_epoch(tb)
+                peak_gib = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
                 metrics, bad = evaluate(self.model, self.val_loader, self.device, self.amp_dtype)
                 self._note_bad(bad)
                 ema_top1 = None
@@ -289,7 +299,7 @@ class Trainer:
                 row = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss, "val_loss": metrics["loss"],
                        "val_top1": metrics["top1"], "val_top5": metrics["top5"], "ema_top1": ema_top1, "lr": lr,
                        "val_images": metrics["count"],
-                       "img_per_s": img_s, "seconds": seconds}
+                       "img_per_s": img_s, "seconds": seconds, "peak_mem_gib": peak_gib}
                 self.history.append(row)
                 is_best = metrics["top1"] > self.best_top1
                 self.best_top1 = max(self.best_top1, metrics["top1"])

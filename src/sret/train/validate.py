@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, default=None)
     parser.add_argument("--in-chans", type=int, default=None)
     parser.add_argument("--crop-pct", type=float, default=None, help="eval centre-crop fraction")
+    parser.add_argument("--model-kwargs", default=None, metavar="JSON",
+                        help='model arguments over the run\'s, e.g. \'{"eval_permutation": "random"}\'')
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
@@ -44,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
         raise SReTError("--batch-size must be >= 1")
     if args.model:
         check_model_name(args.model)  # before reading the file: the cheaper, clearer error first
-    spec = eval_spec(args.model, checkpoint, args.img_size, args.in_chans)
+    from sret.train.config import parse_model_kwargs
+
+    spec = eval_spec(args.model, checkpoint, args.img_size, args.in_chans, parse_model_kwargs(args.model_kwargs))
     check_model_name(spec.model)
     source = open_source(args.data)
     data = source.split(args.split)
