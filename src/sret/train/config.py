@@ -81,6 +81,25 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher-checkpoint", help="weights for a --teacher given by name")
     g.add_argument("--kd-temperature", type=float, default=1.0)
 
+    g = parser.add_argument_group(
+        "fast knowledge distillation (FKD)",
+        "Replay region soft labels precomputed by `sret fkd-label` instead of running a teacher: every image "
+        "yields --num-crops stored crops per pass, so one pass over the data counts as --num-crops epochs "
+        "(FKD's accounting). With --fkd-labels, --epochs E counts epochs-equivalent: the run makes "
+        "ceil(E / num_crops) passes (E is rounded up to whole passes), and --warmup-epochs, the cosine LR schedule, "
+        "the epoch column of log.csv and the epoch counts printed are epochs-equivalent too (one log.csv row, "
+        "validation and checkpoint per pass). --batch-size counts crops per step (a multiple of --num-crops: "
+        "batch-size / num-crops images per step). --aa/--reprob/--scale/--hflip/--color-jitter/--smoothing do not "
+        "apply (crops, flips and soft labels are the stored ones); --mixup/--cutmix do, mixing the soft labels "
+        "with the same lambda. The model gets the label set's class count, which must equal the data set's.")
+    g.add_argument("--fkd-labels", metavar="LABELS", default=None,
+                   help="label directory from `sret fkd-label` for this training set (its file list is checked)")
+    g.add_argument("--num-crops", type=int, default=4,
+                   help="stored crops replayed per image and pass (FKD: 4); one pass = this many epochs")
+    g.add_argument("--soft-label", default="marginal", choices=["marginal", "renorm"],
+                   help="top-k -> distribution: 'marginal' keeps the top-k probabilities and spreads the rest evenly "
+                        "over the other classes (FKD's default); 'renorm' divides the top-k by their sum")
+
 
 # flags that describe where/how this process runs, not the experiment: a resumed run may change them
 RUNTIME_KEYS = ("workers", "device", "resume", "config")
@@ -118,6 +137,16 @@ def finalize(cfg: dict[str, Any], world_size: int) -> dict[str, Any]:
         raise SReTError("--epochs and --batch-size must be >= 1")
     cfg["world_size"] = world_size
     cfg["model_kwargs"] = parse_model_kwargs(cfg.get("model_kwargs"))
+    if cfg.get("fkd_labels"):
+        if cfg.get("teacher"):
+            raise SReTError("--fkd-labels and --teacher exclude each other: FKD replays precomputed teacher labels "
+                            "(no teacher runs in training); drop one of them")
+        if cfg["num_crops"] < 1:
+            raise SReTError(f"--num-crops must be >= 1, got {cfg['num_crops']}")
+        if cfg["batch_size"] % cfg["num_crops"]:
+            raise SReTError(f"with --fkd-labels, --batch-size counts crops per step and must be a multiple of "
+                            f"--num-crops {cfg['num_crops']} (got {cfg['batch_size']})")
+        cfg["fkd_labels"] = str(Path(cfg["fkd_labels"]).expanduser().resolve())
     for key in ("train_subset", "val_subset"):
         if cfg.get(key) is not None and cfg[key] < 1:
             raise SReTError(f"--{key.replace('_', '-')} must be >= 1")

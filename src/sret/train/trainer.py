@@ -3,6 +3,13 @@
 It is built from a resolved configuration (see :mod:`sret.train.config`), either fresh or from ``last.pth``; every
 piece of state that decides what happens next is in the checkpoint, so a resumed run takes the same steps (same
 batch order, same learning rates) and ends at the same step count as an uninterrupted one.
+
+FKD (``--fkd-labels``) is a data/criterion branch of the same loop: the train loader replays stored crops with their
+top-k teacher labels (:mod:`sret.fkd`) and the loss is :class:`sret.fkd.FKDSoftTargetCrossEntropy`, evaluated on the
+device. The loop's unit is then a *pass* over the data, worth ``num_crops`` epochs (``self.epoch`` and the
+checkpoint's ``epoch`` count passes; log.csv's ``epoch`` column and the LR schedule count epochs-equivalent). Crop
+choice is a function of ``(seed, pass, sample)`` and the sample order comes from the same :class:`ResumableSampler`,
+so an FKD run resumes mid-pass exactly like a plain one.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from sret.data import (
     open_source,
 )  # fmt: skip
 from sret.errors import SReTError
+from sret.fkd import FKDReplayDataset, FKDSoftTargetCrossEntropy, fkd_collate, fkd_passes, mix_fkd_batch
 from sret.train import logbook
 from sret.train.checkpoint import (
     atomic_save, atomic_write_text, capture_rng, load_checkpoint, load_model_checkpoint, read_metadata, restore_rng,
@@ -38,6 +46,28 @@ from sret.train.distributed import DistInfo, all_gather_objects, all_reduce_sum,
 from sret.train.evaluate import autocast, evaluate
 from sret.train.factory import build_model, default_drop_path
 from sret.train.losses import KDLoss, build_train_loss
+
+
+class _FKDBatch:
+    """An FKD loader batch in the shape the loop expects: ``images``, ``targets`` = ``(topk_idx, topk_prob)``."""
+
+    bad: list = []  # unreadable images were dropped by fkd_collate (and zero-labelled at generation)
+
+    def __init__(self, images: torch.Tensor, topk_idx: torch.Tensor, topk_prob: torch.Tensor) -> None:
+        self.images, self.targets = images, (topk_idx, topk_prob)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class _FKDBatches:
+    """Iterable over the FKD DataLoader yielding :class:`_FKDBatch` (a fresh iterator per pass, like a DataLoader)."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self):
+        return (_FKDBatch(*batch) for batch in self.loader)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -106,30 +136,42 @@ class Trainer:
         cfg["crop_pct"] = crop if crop is not None else self._model_crop_pct(cfg["model"])
         aug = AugmentConfig(auto_augment=cfg["aa"] or None, re_prob=cfg["reprob"], scale=tuple(cfg["scale"]),
                             hflip=cfg["hflip"], color_jitter=cfg["color_jitter"])
-        train_base = self.source.split("train")
+        train_base = full_train = self.source.split("train")
         val_base = self.source.split("val")
         if cfg.get("train_subset"):
             train_base = Subset(train_base, range(min(cfg["train_subset"], len(train_base))))
         if cfg.get("val_subset"):
             val_base = Subset(val_base, range(min(cfg["val_subset"], len(val_base))))
         size, chans = cfg["img_size"], cfg["in_chans"]
-        self.train_set = TransformedView(train_base, build_transform(self.source, size, chans, True, aug))
+        # FKD: a loop "epoch" is one pass worth num_crops epochs; batches count crops, num_crops per image
+        self.fkd_labels = cfg.get("fkd_labels")
+        self.epochs_per_loop = cfg["num_crops"] if self.fkd_labels else 1
+        if self.fkd_labels:
+            self.train_set = train_base  # the sampler draws from the (subset's) indices; images come from fkd_set
+        else:
+            self.train_set = TransformedView(train_base, build_transform(self.source, size, chans, True, aug))
         self.val_set = TransformedView(val_base, build_transform(self.source, size, chans, False,
                                                                  crop_pct=cfg["crop_pct"]))
         bs, world = cfg["batch_size"], dist_info.world_size
-        if bs * world > len(self.train_set):
-            raise SReTError(f"--batch-size {bs} x {world} process(es) = {bs * world} is larger than the training set "
+        images_per_step = bs // self.epochs_per_loop
+        if images_per_step * world > len(self.train_set):
+            what = f"{images_per_step} images ({bs} crops)" if self.fkd_labels else str(bs)
+            raise SReTError(f"--batch-size {what} x {world} process(es) is larger than the training set "
                             f"({len(self.train_set)} images)")
         self.mixup_active = cfg["mixup"] > 0 or cfg["cutmix"] > 0
         if self.mixup_active and bs % 2:
             raise SReTError(f"mixup/cutmix need an even --batch-size (got {bs}); or set --mixup 0 --cutmix 0")
-        self.sampler = ResumableSampler(self.train_set, bs, world, dist_info.rank, seed=cfg["seed"])
-        self.train_loader = make_loader(self.train_set, self.sampler, bs, cfg["workers"], drop_last=True,
-                                        seed=cfg["seed"] + dist_info.rank)
+        self.sampler = ResumableSampler(self.train_set, images_per_step, world, dist_info.rank, seed=cfg["seed"])
+        if self.fkd_labels:
+            self.train_loader = self._build_fkd_loader(full_train, images_per_step)
+        else:
+            self.train_loader = make_loader(self.train_set, self.sampler, bs, cfg["workers"], drop_last=True,
+                                            seed=cfg["seed"] + dist_info.rank)
         self.val_loader = make_loader(self.val_set, ShardSampler(self.val_set, world, dist_info.rank), bs,
                                       cfg["workers"], drop_last=False)
-        self.steps_per_epoch = self.sampler.batches_per_epoch
-        self.total_steps = self.steps_per_epoch * cfg["epochs"]
+        self.steps_per_epoch = self.sampler.batches_per_epoch  # per pass with FKD
+        self.num_loops = fkd_passes(cfg["epochs"], cfg["num_crops"]) if self.fkd_labels else cfg["epochs"]
+        self.total_steps = self.steps_per_epoch * self.num_loops
 
         # model, optimisation
         self.model = build_model(cfg["model"], self.source.num_classes, chans, size, cfg["drop_path"], cfg["drop"],
@@ -142,8 +184,10 @@ class Trainer:
             self.model.set_grad_checkpointing(True)
         self.model.to(self.device)
         self.optimizer = create_optimizer_v2(self.model, opt=cfg["opt"], lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        # per-step cosine over all loops; warm-up given in epochs(-equivalent), i.e. warmup / num_crops passes with FKD
         self.scheduler, _ = create_scheduler_v2(
-            self.optimizer, sched="cosine", num_epochs=cfg["epochs"], warmup_epochs=cfg["warmup_epochs"],
+            self.optimizer, sched="cosine", num_epochs=self.num_loops,
+            warmup_epochs=cfg["warmup_epochs"] / self.epochs_per_loop,
             warmup_lr=cfg["warmup_lr"], min_lr=cfg["min_lr"], step_on_epochs=False,
             updates_per_epoch=self.steps_per_epoch,
         )  # fmt: skip
@@ -159,7 +203,8 @@ class Trainer:
             self.mixup = Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], prob=cfg["mixup_prob"],
                                switch_prob=cfg["mixup_switch_prob"], label_smoothing=cfg["smoothing"],
                                num_classes=self.source.num_classes)
-        self.criterion = build_train_loss(self.mixup_active, cfg["smoothing"])
+        self.criterion = (FKDSoftTargetCrossEntropy(cfg["soft_label"]) if self.fkd_labels
+                          else build_train_loss(self.mixup_active, cfg["smoothing"]))
         self.teacher = self._build_teacher() if cfg.get("teacher") else None
         self.kd_loss = KDLoss(cfg["kd_temperature"]) if self.teacher is not None else None
 
@@ -194,6 +239,28 @@ class Trainer:
 
         cfg = timm.models.get_pretrained_cfg(name)
         return getattr(cfg, "crop_pct", None) if cfg is not None else None
+
+    def _build_fkd_loader(self, full_train, images_per_step: int) -> _FKDBatches:
+        """Replay loader over the stored crops: ``images_per_step`` images x ``num_crops`` crops per batch.
+
+        The replay dataset wraps the whole training split, so the label set's file list is checked against the data
+        set it was generated for; ``--train-subset N`` (a prefix) only restricts the sampler to indices ``< N``.
+        The loader gets its own generator (as ``make_loader``) so resuming does not shift the global RNG.
+        """
+        cfg = self.cfg
+        self.fkd_set = FKDReplayDataset(full_train, cfg["fkd_labels"], num_crops=cfg["num_crops"],
+                                        img_size=cfg["img_size"], mean=self.source.mean, std=self.source.std,
+                                        in_chans=cfg["in_chans"], seed=cfg["seed"])
+        if self.fkd_set.num_classes != self.source.num_classes:
+            raise SReTError(f"--fkd-labels {cfg['fkd_labels']}: the labels have {self.fkd_set.num_classes} classes "
+                            f"(teacher {self.fkd_set.store.meta.teacher}), {cfg['data']} has "
+                            f"{self.source.num_classes}; generate them with a teacher of {self.source.num_classes} "
+                            "classes (`sret fkd-label --num-classes ...` or a teacher trained on this data)")
+        loader = torch.utils.data.DataLoader(
+            self.fkd_set, batch_size=images_per_step, sampler=self.sampler, num_workers=cfg["workers"],
+            collate_fn=fkd_collate, drop_last=True, pin_memory=False, persistent_workers=cfg["workers"] > 0,
+            generator=torch.Generator().manual_seed(cfg["seed"] + self.dist.rank))
+        return _FKDBatches(loader)
 
     def _build_teacher(self) -> nn.Module:
         """Teacher from an sret checkpoint (its config names the model) or a model name (+ weights)."""
@@ -278,11 +345,12 @@ class Trainer:
             print(f"sret train: {cfg['model']} ({n_params / 1e6:.2f}M params) on {cfg['data']} "
                   f"({len(self.train_set)} train / {len(self.val_set)} val, {self.source.num_classes} classes) at "
                   f"{cfg['img_size']} px, {cfg['in_chans']} ch | {self.dist.world_size} x {self.device} "
-                  f"{self.amp_dtype or 'fp32'} | {cfg['epochs']} epochs x {self.steps_per_epoch} steps, global batch "
+                  f"{self.amp_dtype or 'fp32'} | {self._schedule_text()}, global batch "
                   f"{cfg['batch_size'] * self.dist.world_size}, lr {cfg['lr']:.2e}"
-                  + (f" | resuming at epoch {self.epoch + 1}, step {self.step}" if self.step else ""), flush=True)
+                  + (f" | resuming at {self._loop_name()} {self.epoch + 1}, step {self.step}" if self.step else ""),
+                  flush=True)
         try:
-            while self.epoch < cfg["epochs"]:
+            while self.epoch < self.num_loops:
                 if self.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(self.device)
                 train_loss, lr, img_s, seconds = self._train_epoch(tb)
@@ -296,7 +364,9 @@ class Trainer:
                 self.epoch += 1
                 self.epoch_step = 0
                 self.epoch_state = {"loss_sum": 0.0, "samples": 0.0, "seconds": 0.0}
-                row = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss, "val_loss": metrics["loss"],
+                # log.csv counts epochs(-equivalent): an FKD pass adds num_crops
+                row = {"epoch": self.epoch * self.epochs_per_loop, "step": self.step, "train_loss": train_loss,
+                       "val_loss": metrics["loss"],
                        "val_top1": metrics["top1"], "val_top5": metrics["top5"], "ema_top1": ema_top1, "lr": lr,
                        "val_images": metrics["count"],
                        "img_per_s": img_s, "seconds": seconds, "peak_mem_gib": peak_gib}
@@ -306,19 +376,30 @@ class Trainer:
                 if main:
                     if is_best:
                         atomic_save({"model": self.model.state_dict(), "config": cfg, "class_names": self.class_names,
-                                     "epoch": self.epoch, "metrics": metrics}, self.out / "best.pth")
+                                     "epoch": row["epoch"], "metrics": metrics}, self.out / "best.pth")
                     logbook.write_csv(self.history, self.out / "log.csv")
                     logbook.plot_curves(self.history, self.out / "curves.png", title=f"{cfg['model']} on {cfg['data']}")
                     tb.scalars({"epoch/train_loss": train_loss, "epoch/val_loss": metrics["loss"],
                                 "epoch/val_top1": metrics["top1"], "epoch/val_top5": metrics["top5"],
-                                "epoch/ema_top1": ema_top1, "epoch/img_per_s": img_s}, self.epoch)
-                    print(logbook.epoch_line(row, cfg["epochs"]), flush=True)
+                                "epoch/ema_top1": ema_top1, "epoch/img_per_s": img_s}, row["epoch"])
+                    print(logbook.epoch_line(row, self.num_loops * self.epochs_per_loop), flush=True)
                 self.save_last()
         finally:
             tb.close()
         if main and len(self.bad):
             print(f"sret train: {self.bad.summary()}", file=sys.stderr)
         return self.history
+
+    def _loop_name(self) -> str:
+        return "pass" if self.fkd_labels else "epoch"
+
+    def _schedule_text(self) -> str:
+        if not self.fkd_labels:
+            return f"{self.cfg['epochs']} epochs x {self.steps_per_epoch} steps"
+        k, passes = self.cfg["num_crops"], self.num_loops
+        rounded = f" (--epochs {self.cfg['epochs']} rounded up)" if passes * k != self.cfg["epochs"] else ""
+        return (f"FKD {self.cfg['fkd_labels']}: {passes} passes x {self.steps_per_epoch} steps = {passes * k} "
+                f"epochs-equivalent{rounded}, {k} crops/image, {self.cfg['soft_label']} soft labels")
 
     def _note_bad(self, bad) -> None:
         gathered = all_gather_objects([(b.index, b.path, b.reason) for b in bad])
@@ -330,14 +411,20 @@ class Trainer:
             print(f"sret train: warning: {self.bad.summary()}", file=sys.stderr, flush=True)
 
     def _train_epoch(self, tb: logbook.TensorBoard) -> tuple[float, float, float, float]:
-        """Train the rest of epoch ``self.epoch``; returns (mean loss, last lr, img/s, seconds)."""
+        """Train the rest of epoch (FKD: pass) ``self.epoch``; returns (mean loss, last lr, img/s, seconds).
+
+        With FKD, img/s and the loss average count crops (the images the model sees).
+        """
         from tqdm import tqdm
 
         cfg = self.cfg
         self.ddp_model.train()
         self.sampler.set_epoch(self.epoch)
         self.sampler.set_start_batch(self.epoch_step)
-        bar = tqdm(total=self.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}",
+        if self.fkd_labels:
+            self.fkd_set.set_epoch(self.epoch)  # the crop draw of this pass: a function of (seed, pass, index)
+        bar = tqdm(total=self.steps_per_epoch, initial=self.epoch_step,
+                   desc=f"{self._loop_name()} {self.epoch + 1}/{self.num_loops}",
                    disable=None if self.dist.is_main else True, dynamic_ncols=True, leave=False)
         t0 = time.perf_counter()
         seconds_before = self.epoch_state["seconds"]
@@ -377,15 +464,23 @@ class Trainer:
             NonFiniteLoss: before the weights are touched, so ``last.pth`` still holds the last good state.
         """
         images = batch.images.to(self.device, non_blocking=True)
-        targets = batch.targets.to(self.device, non_blocking=True)
-        if self.mixup is not None and len(targets) % 2:
+        fkd = isinstance(batch.targets, tuple)  # FKD: (topk_idx, topk_prob), expanded on the device by the loss
+        targets = batch.targets
+        targets = tuple(t.to(self.device, non_blocking=True) for t in targets) if fkd else targets.to(self.device,
+                                                                                                    non_blocking=True)
+        if self.mixup is not None and len(images) % 2:
             # an unreadable file left an odd batch; timm's Mixup pairs images, so drop one image
-            images, targets = images[:-1], targets[:-1]
-        have_data = len(targets) > 0
+            images = images[:-1]
+            targets = tuple(t[:-1] for t in targets) if fkd else targets[:-1]
+        have_data = len(images) > 0
         if not have_data and not self.dist.distributed:
             return None  # every file of this batch was unreadable
         if self.mixup is not None and have_data:
-            images, targets = self.mixup(images, targets)
+            if fkd:  # same lambda and pairing for the soft labels; dense [B, C] target built on the device
+                images, targets = mix_fkd_batch(self.mixup, images, *targets, self.source.num_classes,
+                                                self.cfg["soft_label"])
+            else:
+                images, targets = self.mixup(images, targets)
         with autocast(self.device, self.amp_dtype):
             if have_data:
                 logits = self.ddp_model(images)
