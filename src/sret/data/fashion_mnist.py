@@ -8,6 +8,7 @@ the package's own ``sample/`` subset are read by the same code path.
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from torchvision.datasets.mnist import read_image_file, read_label_file
 from sret.errors import SReTError
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+ENV_DIR = "SRET_FASHION_MNIST"  # folder with the four IDX gz files, read instead of SYSTEM_DIR when set
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 INSTALL_COMMAND = "apt-get install -y dataset-fashion-mnist"
 CLASSES = (
@@ -86,7 +88,13 @@ class GreyImageDataset(Dataset):
         return img, self.targets[index]
 
 
+def data_dir() -> Path:
+    """Where ``--data fashion-mnist`` is read from: ``$SRET_FASHION_MNIST`` when set, else the Debian package's."""
+    override = os.environ.get(ENV_DIR)
+    return Path(override).expanduser() if override else SYSTEM_DIR
+
+
 def open_fashion_mnist(split: str, sample: bool = False) -> GreyImageDataset:
-    """The full Fashion-MNIST (system package) or the embedded sample, one split."""
-    images, labels = read_idx_split(SAMPLE_DIR if sample else SYSTEM_DIR, split)
+    """The full Fashion-MNIST (``data_dir()``: system package or ``$SRET_FASHION_MNIST``) or the embedded sample."""
+    images, labels = read_idx_split(SAMPLE_DIR if sample else data_dir(), split)
     return GreyImageDataset(images, labels)

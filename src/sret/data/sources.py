@@ -78,12 +78,15 @@ def open_source(data: str) -> DataSource:
     """
     if data in BUILTIN:
         if data == "fashion-mnist":
+            root = fashion_mnist.data_dir()
             for f in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
-                if not (fashion_mnist.SYSTEM_DIR / f).is_file():
-                    raise SReTError(
-                        f"Fashion-MNIST is not installed ({fashion_mnist.SYSTEM_DIR / f} is missing); install it "
-                        f"with: {fashion_mnist.INSTALL_COMMAND}"
-                    )
+                if not (root / f).is_file():
+                    where = (f"${fashion_mnist.ENV_DIR} points to {root}, where {f} is missing"
+                             if root != fashion_mnist.SYSTEM_DIR else
+                             f"Fashion-MNIST is not installed ({root / f} is missing); install it with: "
+                             f"{fashion_mnist.INSTALL_COMMAND}, or set ${fashion_mnist.ENV_DIR} to a folder with "
+                             "the IDX gz files")
+                    raise SReTError(where)
         mean, std = (fashion_mnist.MEAN,) * 3, (fashion_mnist.STD,) * 3
         return DataSource(data, list(fashion_mnist.CLASSES), 1, mean, std, img_size=64, crop_pct=1.0)
     root = Path(data).expanduser()

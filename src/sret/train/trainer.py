@@ -36,7 +36,9 @@ from sret.data import (
     open_source,
 )  # fmt: skip
 from sret.errors import SReTError
-from sret.fkd import FKDReplayDataset, FKDSoftTargetCrossEntropy, fkd_collate, fkd_passes, mix_fkd_batch
+from sret.fkd import (
+    FKDReplayDataset, FKDSoftTargetCrossEntropy, LabelStore, fkd_collate, fkd_passes, mix_fkd_batch,
+)  # fmt: skip
 from sret.train import logbook
 from sret.train.checkpoint import (
     atomic_save, atomic_write_text, capture_rng, load_checkpoint, load_model_checkpoint, read_metadata, restore_rng,
@@ -248,14 +250,17 @@ class Trainer:
         The loader gets its own generator (as ``make_loader``) so resuming does not shift the global RNG.
         """
         cfg = self.cfg
-        self.fkd_set = FKDReplayDataset(full_train, cfg["fkd_labels"], num_crops=cfg["num_crops"],
-                                        img_size=cfg["img_size"], mean=self.source.mean, std=self.source.std,
-                                        in_chans=cfg["in_chans"], seed=cfg["seed"])
-        if self.fkd_set.num_classes != self.source.num_classes:
-            raise SReTError(f"--fkd-labels {cfg['fkd_labels']}: the labels have {self.fkd_set.num_classes} classes "
-                            f"(teacher {self.fkd_set.store.meta.teacher}), {cfg['data']} has "
-                            f"{self.source.num_classes}; generate them with a teacher of {self.source.num_classes} "
-                            "classes (`sret fkd-label --num-classes ...` or a teacher trained on this data)")
+        store = LabelStore(cfg["fkd_labels"])  # checks every shard's checksum once, before workers start
+        meta = store.meta
+        if meta.num_classes != self.source.num_classes:
+            raise SReTError(f"--fkd-labels {cfg['fkd_labels']}: the labels have {meta.num_classes} classes (teacher "
+                            f"{meta.teacher}), {cfg['data']} has {self.source.num_classes}, and the model is built "
+                            f"with the data set's classes; generate the labels with a {self.source.num_classes}-class "
+                            "teacher (one trained on this data, or `sret fkd-label --num-classes`)")
+        # raises SReTError (exit code 2) when the label set's file list does not match the training split
+        self.fkd_set = FKDReplayDataset(full_train, store, num_crops=cfg["num_crops"], img_size=cfg["img_size"],
+                                        mean=self.source.mean, std=self.source.std, in_chans=cfg["in_chans"],
+                                        seed=cfg["seed"])
         loader = torch.utils.data.DataLoader(
             self.fkd_set, batch_size=images_per_step, sampler=self.sampler, num_workers=cfg["workers"],
             collate_fn=fkd_collate, drop_last=True, pin_memory=False, persistent_workers=cfg["workers"] > 0,
