@@ -12,6 +12,8 @@ Phases (each appends rows to ``<out>/results.json`` as it goes, so a run cut sho
   graph break fails loudly instead of slowing silently).
 - ``cudagraph``: SReT-T/S in eval compiled with ``mode="reduce-overhead"`` (CUDA-graph capture): output checked
   against eager, CUDA-graph skips counted, and timed.
+- ``native_ln``: SReT-T eager with PyTorch's LayerNorm instead of the Triton one (``SRET_FAST_LN=0``), for the A/B.
+- ``channels_last``: SReT-T eager with model and input in channels-last memory format.
 - ``checks``: ``torch._dynamo.explain`` on every distinct SReT architecture in train and eval mode (graph breaks).
 - ``profile``: top kernels of one SReT-T eager inference and training step (torch.profiler), for the perf notes.
 
@@ -92,17 +94,20 @@ class Suite:
         return value
 
     def bench(self, model: str, bench: str, attn_impl: str | None = None, compile: bool = False,
-              compile_mode: str | None = None) -> None:
+              compile_mode: str | None = None, channels_last: bool = False, tag: str = "") -> None:
         cfg = BenchConfig(
             model=model, bench=bench, batch_size=self.batch, attn_impl=attn_impl, compile=compile,
             compile_mode=compile_mode, fullgraph=compile and model.startswith("sret"), warmup=self.warmup,
-            iters=self.iters, repeats=self.repeats, device=DEV,
+            iters=self.iters, repeats=self.repeats, device=DEV, channels_last=channels_last,
         )
         label = f"{model}/{bench}/{attn_impl or 'default'}/{'compile' if compile else 'eager'}" + (
-            f":{compile_mode}" if compile_mode else "")
+            f":{compile_mode}" if compile_mode else "") + ("/channels_last" if channels_last else "") + (
+            f"/{tag}" if tag else "")
 
         def go() -> None:
             result = benchmark(cfg, self.macs)
+            if tag:
+                result.mode = f"{result.mode}+{tag}"
             self.results.append(result)
             print(f"[{self.elapsed():6.0f}s] {label}: {result.samples_per_s or 0:,.0f} img/s, "
                   f"{result.step_ms or 0:.2f} ms, peak {result.peak_mem_gib or 0:.2f} GiB, "
@@ -121,8 +126,8 @@ def phase_eager(s: Suite) -> None:
             s.bench(model, bench)
 
 
-def phase_compile(s: Suite, models: list[str]) -> None:
-    for bench in ("infer", "train"):
+def phase_compile(s: Suite, models: list[str], benches: list[str]) -> None:
+    for bench in benches:
         for model in models:
             s.bench(model, bench, attn_impl="sdpa" if model.startswith("sret") else None, compile=True)
 
@@ -131,7 +136,7 @@ def phase_cudagraph(s: Suite) -> None:
     """Eval-mode CUDA-graph capture through ``mode="reduce-overhead"``: works, matches eager, and its speed."""
     from torch._dynamo.utils import counters
 
-    for name in ("sret_t", "sret_s"):
+    for name in s.cudagraph_models:
         def check(name: str = name) -> None:
             counters.clear()
             model = sret.create_model(name).to(DEV).eval()
@@ -143,14 +148,42 @@ def phase_cudagraph(s: Suite) -> None:
                     out = compiled(x).float().clone()
             rel = ((out - ref).norm() / ref.norm()).item()
             skips = dict(counters["inductor"])
-            info = {"rel_err_vs_eager": rel, "inductor_counters": {k: v for k, v in skips.items() if "cudagraph" in k}}
+            # Replays of the captured graph, timed like the benchmark (events around 20 calls, median of 3).
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            windows = []
+            with torch.no_grad(), torch.autocast(DEV, dtype=torch.bfloat16):
+                for _ in range(3):
+                    start.record()
+                    for _ in range(20):
+                        compiled(x)
+                    end.record()
+                    end.synchronize()
+                    windows.append(start.elapsed_time(end) / 20)
+            ms = sorted(windows)[1]
+            info = {"rel_err_vs_eager": rel, "inductor_counters": {k: v for k, v in skips.items() if "cudagraph" in k},
+                    "step_ms": ms, "samples_per_s": s.batch * 1e3 / ms}
             s.extra["cudagraph"][name] = info
             print(f"[{s.elapsed():6.0f}s] cudagraph {name}: rel err {rel:.2e}, {info['inductor_counters']}", flush=True)
             del model, compiled
             torch._dynamo.reset()
 
         s.guarded(f"cudagraph-check/{name}", check)
-        s.bench(name, "infer", attn_impl="sdpa", compile=True, compile_mode="reduce-overhead")
+
+
+def phase_channels_last(s: Suite) -> None:
+    """SReT-T with the whole model and input in channels-last (the conv stem's BatchNorm then runs NHWC kernels)."""
+    for bench in ("infer", "train"):
+        s.bench("sret_t", bench, attn_impl="sdpa", channels_last=True)
+
+
+def phase_native_ln(s: Suite) -> None:
+    """A/B of the Triton LayerNorm: SReT-T eager with ``SRET_FAST_LN=0`` (PyTorch's LayerNorm kernels)."""
+    os.environ["SRET_FAST_LN"] = "0"
+    try:
+        for bench in ("infer", "train"):
+            s.bench("sret_t", bench, attn_impl="sdpa", tag="native_ln")
+    finally:
+        os.environ.pop("SRET_FAST_LN", None)
 
 
 def phase_checks(s: Suite) -> None:
@@ -213,7 +246,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench_out")))
     parser.add_argument("--phases", nargs="+", default=["eager", "compile", "cudagraph", "checks"],
-                        choices=("eager", "compile", "cudagraph", "checks", "profile"))
+                        choices=("eager", "native_ln", "channels_last", "compile", "cudagraph", "checks", "profile"))
+    parser.add_argument("--cudagraph-models", nargs="+", default=["sret_t", "sret_s"])
+    parser.add_argument("--compile-benches", nargs="+", default=["infer", "train"])
     parser.add_argument("--compile-models", nargs="+", default=SRET_MODELS + TIMM_MODELS)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=5)
@@ -224,13 +259,18 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.backends.cudnn.benchmark = True
     s = Suite(args.out, args.deadline, args.batch_size, args.warmup, args.iters, args.repeats)
+    s.cudagraph_models = args.cudagraph_models
     s.env["command"] = " ".join([Path(sys.executable).name, *sys.argv])
     print(f"{s.env}", flush=True)
     for phase in args.phases:
         if phase == "eager":
             phase_eager(s)
         elif phase == "compile":
-            phase_compile(s, args.compile_models)
+            phase_compile(s, args.compile_models, args.compile_benches)
+        elif phase == "native_ln":
+            phase_native_ln(s)
+        elif phase == "channels_last":
+            phase_channels_last(s)
         elif phase == "cudagraph":
             phase_cudagraph(s)
         elif phase == "checks":

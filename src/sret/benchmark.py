@@ -461,10 +461,10 @@ def configs_from_args(args: argparse.Namespace) -> list[BenchConfig]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SReTError(f"device {args.device!r} asked for, but PyTorch sees no CUDA device")
     defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
-    batch = args.batch_size or defaults["batch_size"]
+    batch = defaults["batch_size"] if args.batch_size is None else args.batch_size
     warmup = defaults["warmup"] if args.warmup is None else args.warmup
-    iters = args.iters or defaults["iters"]
-    repeats = args.repeats or defaults["repeats"]
+    iters = defaults["iters"] if args.iters is None else args.iters
+    repeats = defaults["repeats"] if args.repeats is None else args.repeats
     for name, value, low in (("--batch-size", batch, 1), ("--iters", iters, 1), ("--repeats", repeats, 1),
                              ("--warmup", warmup, 0)):
         if value < low:

@@ -170,7 +170,10 @@ class RecursiveStage(nn.Module):
         B, C, H, W = x.shape
         self.check_grid(H, W)
         perms = self.permutations(H * W, x.device)
-        x = x.flatten(2).transpose(1, 2)  # (B, H*W, C), row-major tokens
+        # (B, H*W, C), row-major tokens. Made contiguous once here: a transposed view would otherwise carry its
+        # channel-major layout through every residual op of the stage (elementwise ops keep their input's strides),
+        # so each LayerNorm would copy it and every add/mul would run the slow strided kernel (measured on an H100).
+        x = x.flatten(2).transpose(1, 2).contiguous()
         for app, perm in zip(self.schedule, perms):
             if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
                 x = checkpoint(self._run, x, app, perm, use_reentrant=False)

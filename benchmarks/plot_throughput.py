@@ -1,0 +1,81 @@
+"""Plot img/s against GMACs from a ``sret benchmark`` / ``gpu_suite.py`` results JSON.
+
+One panel per bench (inference, training); SReT models and timm models in different colours; eager runs filled,
+compiled runs hollow; SReT-T's explicit-attention baseline (``attn_impl="math"``) as a cross. Lines of equal
+MAC throughput (TMAC/s) through DeiT-Tiny's eager point show the per-MAC comparison of issue 3: a model above the
+line does more useful work per second than DeiT-Tiny.
+
+    python benchmarks/plot_throughput.py benchmarks/results/h100_run2_after.json docs/img/throughput_vs_gmacs.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+SHORT = {"deit_tiny_patch16_224": "DeiT-Ti", "deit_small_patch16_224": "DeiT-S", "pit_ti_224": "PiT-Ti"}
+
+
+def label(row: dict) -> str:
+    name = SHORT.get(row["model"], row["model"])
+    if row["attn_impl"] == "math":
+        name += " (math)"
+    return name
+
+
+def plot(results: list[dict], env: dict, out: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, bench in zip(axes, ("infer", "train")):
+        rows = [r for r in results if r["bench"] == bench and r["samples_per_s"] and not r.get("error")
+                and not r["channels_last"] and "+" not in r["mode"]]
+        for r in rows:
+            sret = r["model"].startswith("sret")
+            color = "tab:red" if sret else "tab:blue"
+            compiled = r["mode"] != "eager"
+            marker = "x" if r["attn_impl"] == "math" else ("o" if sret else "s")
+            if marker == "x":
+                ax.scatter(r["gmacs"], r["samples_per_s"], s=60, marker=marker, color=color, zorder=3)
+            else:
+                ax.scatter(r["gmacs"], r["samples_per_s"], s=60, marker=marker, facecolors="none" if compiled else color,
+                           edgecolors=color, zorder=3)
+            ax.annotate(label(r) + (" [compiled]" if compiled else ""), (r["gmacs"], r["samples_per_s"]),
+                        textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ref = [r for r in rows if r["model"] == "deit_tiny_patch16_224" and r["mode"] == "eager"]
+        if ref:
+            tmacs = ref[0]["samples_per_s"] * ref[0]["gmacs"]
+            xs = np.linspace(0.5, 5.0, 50)
+            ax.plot(xs, tmacs / xs, "--", color="gray", lw=1, label="same MAC/s as DeiT-Ti (eager)")
+            ax.legend(loc="upper right", fontsize=8)
+        ax.set_xlabel("GMACs per image (fvcore convention)")
+        ax.set_ylabel("images / s")
+        ax.set_title({"infer": "inference", "train": "training step (fwd + bwd + AdamW)"}[bench])
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    batch = results[0]["batch_size"] if results else "?"
+    fig.suptitle(f"{env.get('device', '?')}, torch {env.get('torch', '?')}, batch {batch}, 224 px, bf16 autocast "
+                 f"({env.get('date', '')[:10]}); red: SReT, blue: timm; filled: eager, hollow: torch.compile",
+                 fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path)
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    data = json.loads(args.results.read_text())
+    plot(data["results"], data.get("environment", {}), args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

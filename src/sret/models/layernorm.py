@@ -1,0 +1,168 @@
+"""LayerNorm for narrow tokens (C = 64 ... 504) as one Triton kernel per direction, for eager mode on CUDA.
+
+Why: PyTorch's CUDA LayerNorm launches one thread block per row. SReT's rows are short (64 channels in stage 0)
+and there are B * N of them (200k at batch 256), so most threads idle: on an H100 a stage-0 LayerNorm took
+~105 us for a tensor it could stream in ~35 us, and LayerNorm (forward and backward) was a quarter of SReT-T's
+eager step time. Here one program normalises a tile of rows at once.
+
+Semantics: exactly ``F.layer_norm`` over the last dim, computed in float32. One deliberate difference: under
+autocast the output is already in the autocast dtype. Every LayerNorm of a block feeds a Linear, which casts its
+input to that dtype anyway, so the values are the same and the separate cast pass disappears.
+
+The fast path is used only where it is safe: CUDA tensors, Triton importable, not under ``torch.compile``
+(Inductor fuses the native op with its neighbours already) or a dispatch mode (the MAC counter must see the aten
+op), ``SRET_FAST_LN`` not ``0``. Measured on an H100 (``docs/perf_notes.md``): SReT-T eager inference 22.5 ->
+20.6 ms a batch of 256; the training step moved by less than its run-to-run spread.
+Everywhere else (the CPU, compiled graphs) :class:`TokenLayerNorm` is the plain ``nn.LayerNorm``; its parameters
+and state-dict names are unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs may lack it.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+_MAX_C = 1024
+
+
+def fast_layer_norm_available(x: torch.Tensor) -> bool:
+    """Whether :func:`fast_layer_norm` may run on ``x`` (else use ``F.layer_norm``)."""
+    if triton is None or os.environ.get("SRET_FAST_LN", "1") == "0":
+        return False
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"  # CPU tests run the kernels through Triton's interpreter
+    return (x.is_cuda or interpret) and x.shape[-1] <= _MAX_C and x.dtype in (torch.float32, torch.bfloat16,
+                                                                                torch.float16)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _ln_fwd(X, Y, W, B, Mean, Rstd, M, C, eps, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.arange(0, BLOCK_C)
+        rmask = rows < M
+        cmask = cols < C
+        mask = rmask[:, None] & cmask[None, :]
+        offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / C
+        xc = tl.where(mask, x - mean[:, None], 0.0)
+        var = tl.sum(xc * xc, axis=1) / C
+        rstd = 1.0 / tl.sqrt(var + eps)
+        w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+        b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
+        y = xc * rstd[:, None] * w[None, :] + b[None, :]
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+        tl.store(Mean + rows, mean, mask=rmask)
+        tl.store(Rstd + rows, rstd, mask=rmask)
+
+    @triton.jit
+    def _ln_bwd(X, DY, DX, W, Mean, Rstd, DW, DB, M, C, num_tiles, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+        # Each program walks tiles pid, pid + P, ... and keeps its own dW/dB partial sums (reduced by the caller),
+        # so the weight gradients need no atomics and stay deterministic.
+        pid = tl.program_id(0)
+        nprog = tl.num_programs(0)
+        cols = tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+        dw_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        db_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        for tile in range(pid, num_tiles, nprog):
+            rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+            rmask = rows < M
+            mask = rmask[:, None] & cmask[None, :]
+            offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+            x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+            mean = tl.load(Mean + rows, mask=rmask, other=0.0)
+            rstd = tl.load(Rstd + rows, mask=rmask, other=0.0)
+            xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+            wdy = dy * w[None, :]
+            c1 = tl.sum(xhat * wdy, axis=1) / C
+            c2 = tl.sum(wdy, axis=1) / C
+            dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+            tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+            dw_acc += tl.sum(dy * xhat, axis=0)
+            db_acc += tl.sum(dy, axis=0)
+        tl.store(DW + pid * C + cols, dw_acc, mask=cmask)
+        tl.store(DB + pid * C + cols, db_acc, mask=cmask)
+
+
+def _tiling(C: int) -> tuple[int, int]:
+    block_c = triton.next_power_of_2(C)
+    block_m = max(1, 4096 // block_c)  # ~4k elements a program: enough rows in flight, no register spills
+    return block_m, block_c
+
+
+class _FastLayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                out_dtype: torch.dtype) -> torch.Tensor:
+        shape = x.shape
+        C = shape[-1]
+        x2 = x.reshape(-1, C).contiguous()
+        M = x2.shape[0]
+        y = torch.empty((M, C), device=x.device, dtype=out_dtype)
+        mean = torch.empty(M, device=x.device, dtype=torch.float32)
+        rstd = torch.empty(M, device=x.device, dtype=torch.float32)
+        block_m, block_c = _tiling(C)
+        _ln_fwd[(triton.cdiv(M, block_m),)](x2, y, weight, bias, mean, rstd, M, C, eps, BLOCK_M=block_m,
+                                            BLOCK_C=block_c, num_warps=4)
+        ctx.save_for_backward(x2, weight, mean, rstd)
+        ctx.x_dtype = x.dtype
+        return y.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x2, weight, mean, rstd = ctx.saved_tensors
+        M, C = x2.shape
+        dy2 = dy.reshape(M, C).contiguous()
+        dx = torch.empty((M, C), device=x2.device, dtype=ctx.x_dtype)
+        block_m, block_c = _tiling(C)
+        num_tiles = triton.cdiv(M, block_m)
+        if x2.is_cuda:
+            programs = min(num_tiles, 4 * torch.cuda.get_device_properties(x2.device).multi_processor_count)
+        else:
+            programs = min(num_tiles, 4)
+        dw = torch.empty((programs, C), device=x2.device, dtype=torch.float32)
+        db = torch.empty((programs, C), device=x2.device, dtype=torch.float32)
+        _ln_bwd[(programs,)](x2, dy2, dx, weight, mean, rstd, dw, db, M, C, num_tiles, BLOCK_M=block_m,
+                             BLOCK_C=block_c, num_warps=4)
+        return (dx.reshape(dy.shape), dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype), None, None)
+
+
+def fast_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                    out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``F.layer_norm(x, (C,), weight, bias, eps)`` through the Triton kernels, output in ``out_dtype``."""
+    return _FastLayerNorm.apply(x, weight, bias, eps, out_dtype or x.dtype)
+
+
+class TokenLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the channels of ``(..., C)`` tokens, with the Triton path on CUDA in eager mode.
+
+    Same parameters and state-dict names as ``nn.LayerNorm`` (published checkpoints load unchanged).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Native op under compile (Inductor fuses it) and under any dispatch mode (the MAC counter, fake tensors):
+        # those must see ``aten.native_layer_norm``, which an opaque Triton launch would hide.
+        if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None or not self.elementwise_affine \
+                or self.bias is None or not fast_layer_norm_available(x):
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            out_dtype = torch.get_autocast_dtype(device_type)
+        else:
+            out_dtype = x.dtype
+        return fast_layer_norm(x, self.weight, self.bias, self.eps, out_dtype)
