@@ -13,13 +13,14 @@
 # CPU smoke test: SMOKE=1 bash experiments/fkd_evidence.sh (embedded sample data, tiny subsets, 32 px, 1-2 epochs).
 set -u
 export PYTHONUNBUFFERED=1
-OUT=${OUT:-runs/fkd_evidence_out}; mkdir -p "$OUT"
-if ! python3 -c "import timm" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+PY=${PYTHON:-python3}
+if [ "${SMOKE:-0}" = 1 ]; then DEFAULT_DIR=/tmp/fkd_evidence_smoke; else DEFAULT_DIR=runs; fi
+OUT=${OUT:-$DEFAULT_DIR/fkd_evidence_out}; RUNS=${RUNS:-$DEFAULT_DIR/fkd_evidence}; mkdir -p "$OUT"
+if ! $PY -c "import timm" 2>/dev/null; then  # the GPU machine: wheels carried in .whl/
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/src
-PY=${PYTHON:-python3}
 
 if [ "${SMOKE:-0}" = 1 ]; then
   SRC_DIR=${SRC_DIR:-src/sret/data/sample}
@@ -30,7 +31,7 @@ else
   : "${N_TRAIN:=10000}" "${N_VAL:=5000}" "${IMG:=64}" "${T_EPOCHS:=6}" "${S_EPOCHS:=8}" "${LABEL_CROPS:=40}"
   : "${NUM_CROPS:=4}" "${BATCH:=256}" "${WORKERS:=12}" "${LABEL_BATCH:=2000}" "${AMP:=--amp}" "${WARMUP:=1}"
 fi
-TEACHER=${TEACHER:-sret_s}; STUDENT=${STUDENT:-sret_t}; TOPK=${TOPK:-5}; RUNS=${RUNS:-runs/fkd_evidence}
+TEACHER=${TEACHER:-sret_s}; STUDENT=${STUDENT:-sret_t}; TOPK=${TOPK:-5}
 if [ $((S_EPOCHS % NUM_CROPS)) != 0 ]; then echo "S_EPOCHS must be a multiple of NUM_CROPS" >&2; exit 2; fi
 rm -rf "$RUNS"; mkdir -p "$RUNS"
 { date -u; nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null; nproc
