@@ -17,8 +17,11 @@ if [ -d .carry/fashion-mnist ]; then mkdir -p /usr/share/datasets/fashion-mnist 
   python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, 'gpus', torch.cuda.device_count())"; } > $OUT/env.txt 2>&1
 cat $OUT/env.txt
 EPOCHS=${EPOCHS:-3}
+DATA=${DATA:-fashion-mnist}   # smoke on a CPU: DATA=sample EXTRA="--train-subset 256 --val-subset 128" EPOCHS=1 GLOBAL=64
+EXTRA=${EXTRA:-}
+KILL_AFTER=${KILL_AFTER:-3}
 GLOBAL=${GLOBAL:-512}
-RECIPE="--model sret_t --data fashion-mnist --img-size 64 --epochs $EPOCHS --lr 1e-3 --warmup-epochs 1 --aa '' \
+RECIPE="--model sret_t --data $DATA $EXTRA --img-size 64 --epochs $EPOCHS --lr 1e-3 --warmup-epochs 1 --aa '' \
   --mixup 0 --cutmix 0 --reprob 0 --scale 0.5 1.0 --log-every 5 --seed 0"
 for K in 1 2; do
   B=$((GLOBAL / K))
@@ -40,11 +43,17 @@ cmd="torchrun --standalone --nproc_per_node=2 -m sret train $RECIPE --batch-size
 echo "== kill test: $cmd" | tee -a $OUT/commands.txt
 eval $cmd > $OUT/kill_run.log 2>&1 &
 TR=$!
-sleep 45
-VICTIM=$(pgrep -f "sret train.*ddp_kill" | while read p; do if [ "$(ps -o ppid= -p $p | tr -d ' ')" != "$$" ] && grep -q LOCAL_RANK=1 /proc/$p/environ 2>/dev/null; then echo $p; fi; done | head -1)
-echo "killing rank-1 pid $VICTIM (SIGKILL)" | tee -a $OUT/commands.txt
+# wait for the first periodic checkpoint, then a little more, so the kill lands mid-epoch after a checkpoint
+for _ in $(seq 1 600); do [ -f runs/ddp_kill/last.pth ] && break; sleep 1; done
+sleep $KILL_AFTER
+TPID=$(pgrep -f "torchrun.*ddp_kill" | head -1)
+VICTIM=""
+for c in $(pgrep -P "$TPID"); do
+  if tr '\0' '\n' < /proc/$c/environ 2>/dev/null | grep -qx LOCAL_RANK=1; then VICTIM=$c; fi
+done
+echo "killing rank-1 pid $VICTIM (SIGKILL), child of torchrun $TPID" | tee -a $OUT/commands.txt
 kill -9 $VICTIM; wait $TR; echo "torchrun rc after kill: $?" | tee -a $OUT/commands.txt
-python3 -c "import torch; s=torch.load('runs/ddp_kill/last.pth', map_location='cpu', weights_only=False); print('last.pth step', s['step'], 'epoch', s['epoch'])" | tee -a $OUT/commands.txt
+python3 -c "from pathlib import Path; from sret.train.checkpoint import load_checkpoint as L; s=L(Path('runs/ddp_kill/last.pth')); print('last.pth step', s['step'], 'epoch', s['epoch'])" | tee -a $OUT/commands.txt
 cmd="torchrun --standalone --nproc_per_node=2 -m sret train --resume runs/ddp_kill --workers 7"
 echo "== resume: $cmd" | tee -a $OUT/commands.txt
 eval $cmd > $OUT/resume.log 2>&1; echo "rc=$?" | tee -a $OUT/commands.txt
@@ -52,7 +61,7 @@ tail -n 6 $OUT/resume.log
 cp runs/ddp_kill/log.csv $OUT/log_kill_resumed.csv
 
 # 3. FKD labels: 2 ranks vs 1 process, teacher = the K=1 run's best checkpoint
-FKD="--teacher runs/ddp_k1/best.pth --teacher-model sret_t --in-chans 1 --data fashion-mnist --num-crops 16 --top-k 5 --shard-size 5000 --amp --workers 6"
+FKD="--teacher runs/ddp_k1/best.pth --teacher-model sret_t --in-chans 1 --data $DATA --num-crops 16 --top-k 5 --shard-size 5000 --amp --workers 6"
 python3 -m sret fkd-label $FKD --output runs/fkd_single > $OUT/fkd_single.log 2>&1; echo "single rc=$?" | tee -a $OUT/commands.txt
 torchrun --standalone --nproc_per_node=2 -m sret fkd-label $FKD --output runs/fkd_ddp > $OUT/fkd_ddp.log 2>&1; echo "ddp rc=$?" | tee -a $OUT/commands.txt
 tail -n 2 $OUT/fkd_single.log $OUT/fkd_ddp.log
