@@ -43,8 +43,9 @@ def plot(results: list[dict], env: dict, out: Path) -> None:
             if marker == "x":
                 ax.scatter(r["gmacs"], r["samples_per_s"], s=60, marker=marker, color=color, zorder=3)
             else:
-                ax.scatter(r["gmacs"], r["samples_per_s"], s=60, marker=marker, facecolors="none" if compiled else color,
-                           edgecolors=color, zorder=3)
+                face = "none" if compiled else color
+                ax.scatter(r["gmacs"], r["samples_per_s"], s=60, marker=marker, facecolors=face, edgecolors=color,
+                           zorder=3)
             ax.annotate(label(r) + (" [compiled]" if compiled else ""), (r["gmacs"], r["samples_per_s"]),
                         textcoords="offset points", xytext=(5, 4), fontsize=7)
         ref = [r for r in rows if r["model"] == "deit_tiny_patch16_224" and r["mode"] == "eager"]

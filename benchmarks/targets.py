@@ -59,8 +59,8 @@ def main() -> None:
         for name, value, need, met in check(data["results"]):
             print(f"| {name} | {value:.2f} | {need} | {'yes' if met else 'no'} |")
         for name, info in data.get("cudagraph", {}).items():
-            print(f"| 4. {name} eval, mode=reduce-overhead (CUDA graphs) | rel. err vs eager {info['rel_err_vs_eager']:.1e}, "
-                  f"{info['samples_per_s']:,.0f} img/s | works | yes |")
+            print(f"| 4. {name} eval, mode=reduce-overhead (CUDA graphs) | rel. err vs eager "
+                  f"{info['rel_err_vs_eager']:.1e}, {info['samples_per_s']:,.0f} img/s | works | yes |")
 
 
 if __name__ == "__main__":

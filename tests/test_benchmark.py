@@ -49,7 +49,8 @@ def test_json_results_for_sret_and_timm(tmp_path, capsys):
 
 def test_csv_results(tmp_path):
     out = tmp_path / "res.csv"
-    assert main(["benchmark", "--models", "sret_t_wo_slice", "--bench", "infer", *TINY, "--results-file", str(out)]) == 0
+    code = main(["benchmark", "--models", "sret_t_wo_slice", "--bench", "infer", *TINY, "--results-file", str(out)])
+    assert code == 0
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and tuple(rows[0]) == RESULT_COLUMNS

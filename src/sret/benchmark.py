@@ -496,7 +496,7 @@ def run(args: argparse.Namespace) -> int:
     if args.results_file is not None and args.results_file.suffix.lower() not in (".json", ".csv"):
         raise SReTError(f"--results-file must end in .json or .csv, got {str(args.results_file)!r}")
     if device.type == "cpu":
-        print(f"sret benchmark: running on the CPU ({device_name(device)}): no CUDA device, so a small batch "
+        print(f"sret benchmark: running on the CPU {device_name(device)[4:]}: no CUDA device, so a small batch "
               f"({configs[0].batch_size}) and few steps; these numbers say nothing about GPU throughput.", flush=True)
     else:
         torch.backends.cudnn.benchmark = True  # the conv stem: pick the fastest algorithm once
