@@ -194,30 +194,34 @@ def run_study(study: Study, output: Path, smoke: bool = False, parallel: int = 1
         futures = [(job, pool.submit(_run_one, train_argv(study, job[0], job[1], job[2], smoke), in_process,
                                      job[2].parent / f"seed{job[1]}.out"))
                    for job in jobs]
-        failed = [(job[0].name, job[1]) for job, fut in futures if fut.result() != 0]
-    if failed:
-        raise SReTError(f"study {study.name}: runs failed: {failed} (see their .out logs under {output / study.name})")
+        failed = {(job[0].name, job[1]) for job, fut in futures if fut.result() != 0}
+    if failed:  # a run that stops (e.g. a non-finite loss) is a result too: report it, keep the others
+        print(f"study {study.name}: runs that did not finish: {sorted(failed)} (logs under {output / study.name})")
 
     results: dict[str, Any] = {"study": study.name, "title": study.title, "claim": study.claim, "recipe": recipe,
                                "seeds": seeds, "arms": []}
     img_size = int(recipe.get("img_size", 64))
     in_chans = int(recipe.get("in_chans", 1))
     for arm in study.arms:
-        runs = [read_log(output / study.name / arm.slug / f"seed{s}") for s in seeds]
+        dirs = [output / study.name / arm.slug / f"seed{s}" for s in seeds]
+        arm_epochs = int(arm.train.get("epochs", epochs))
+        done = [d for d in dirs if is_finished(d, arm_epochs)]
+        runs = [read_log(d) for d in done]
         finals = [r[-1]["val_top1"] for r in runs]
         params, gmacs = _arm_stats(arm, img_size, in_chans, int(recipe.get("num_classes", 10)))
         row: dict[str, Any] = {
             "arm": arm.name, "model": arm.model, "model_kwargs": arm.model_kwargs, "params": params, "gmacs": gmacs,
-            "top1": finals, "top1_mean": statistics.fmean(finals),
+            "top1": finals, "top1_mean": statistics.fmean(finals) if finals else math.nan,
             "top1_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
-            "img_per_s": statistics.fmean(statistics.fmean(x.get("img_per_s", math.nan) for x in r) for r in runs),
-            "epoch_seconds": statistics.fmean(statistics.fmean(x.get("seconds", math.nan) for x in r) for r in runs),
+            "finished_runs": len(done), "runs": len(dirs),
+            "img_per_s": _mean(statistics.fmean(x.get("img_per_s", math.nan) for x in r) for r in runs),
+            "epoch_seconds": _mean(statistics.fmean(x.get("seconds", math.nan) for x in r) for r in runs),
             "peak_mem_gib": max((x.get("peak_mem_gib", math.nan) for r in runs for x in r), default=math.nan),
             "train_loss": [[x.get("train_loss", math.nan) for x in r] for r in runs],
             "val_top1": [[x.get("val_top1", math.nan) for x in r] for r in runs],
         }
-        if study.eval_permutations and arm.model_kwargs.get("sliced", True) and "wo_slice" not in arm.model:
-            evals = [_eval_permutation(output / study.name / arm.slug / f"seed{s}", study, smoke) for s in seeds]
+        if study.eval_permutations and done and arm.model_kwargs.get("sliced", True) and "wo_slice" not in arm.model:
+            evals = [_eval_permutation(d, study, smoke) for d in done]
             diffs = [statistics.fmean(e["random"]) - e["fixed"][0] for e in evals]
             row["eval_fixed"] = [e["fixed"][0] for e in evals]
             row["eval_random"] = [e["random"] for e in evals]
@@ -230,6 +234,11 @@ def run_study(study: Study, output: Path, smoke: bool = False, parallel: int = 1
     return results
 
 
+def _mean(values) -> float:
+    values = list(values)
+    return statistics.fmean(values) if values else math.nan
+
+
 def markdown(results: dict[str, Any], command: str, device: str, date: str, plot: str | None) -> str:
     """One study's section for docs/results.md."""
     lines = [f"### {results['title']}", "", f"Claim: {results['claim']}", "",
@@ -239,8 +248,11 @@ def markdown(results: dict[str, Any], command: str, device: str, date: str, plot
              "|---|---|---|---|---|---|---|---|"]
     for r in results["arms"]:
         seeds = ", ".join(f"{t:.2f}" for t in r["top1"])
+        if r["finished_runs"] < r["runs"]:
+            seeds += f" ({r['runs'] - r['finished_runs']} of {r['runs']} runs did not finish: see their logs)"
         mem = f"{r['peak_mem_gib']:.2f}" if not math.isnan(r["peak_mem_gib"]) else "-"
-        lines.append(f"| {r['arm']} | {r['params']:,} | {r['gmacs']:.3f} | {r['top1_mean']:.2f} +- {r['top1_std']:.2f} "
+        top1 = f"{r['top1_mean']:.2f} +- {r['top1_std']:.2f}" if r["top1"] else "-"
+        lines.append(f"| {r['arm']} | {r['params']:,} | {r['gmacs']:.3f} | {top1} "
                      f"| {seeds} | {r['img_per_s']:.0f} | {r['epoch_seconds']:.1f} | {mem} |")
     perm_rows = [r for r in results["arms"] if "eval_fixed" in r]
     if perm_rows:
