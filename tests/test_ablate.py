@@ -71,3 +71,28 @@ def test_flags_from_recipe():
     assert "--grad-checkpointing" in argv and argv[argv.index("--scale") + 1:argv.index("--scale") + 3] == ["0.5", "1.0"]
     assert json.loads(argv[argv.index("--model-kwargs") + 1]) == {"use_nll": False}
     assert argv[argv.index("--seed") + 1] == "3" and argv[argv.index("--aa") + 1] == ""
+
+
+def test_interrupted_run_is_resumed_not_refused(tmp_path):
+    path = [p for p in STUDIES if p.stem == "components"][0]
+    study = load_study(path)
+    study.arms = study.arms[:1]
+    from sret.ablate import run_study
+
+    out = tmp_path / "runs"
+    run_dir = out / study.name / study.arms[0].slug / "seed0"
+    # a run killed after its first checkpoint: 2 epochs asked, 1 done
+    study.smoke = dict(study.smoke, epochs=2)
+    assert main(train_argv(study, study.arms[0], 0, run_dir, smoke=True)[:-0 or None] + ["--epochs", "1"]) == 0
+    cfg = (run_dir / "config.yaml").read_text().replace("epochs: 1", "epochs: 2")
+    (run_dir / "config.yaml").write_text(cfg)
+    import torch
+
+    from sret.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run_dir / "last.pth")
+    state["config"]["epochs"] = 2
+    torch.save(state, run_dir / "last.pth")
+    results = run_study(study, out, smoke=True, seeds=[0])
+    assert results["arms"][0]["finished_runs"] == 1
+    assert [int(r["epoch"]) for r in __import__("sret.ablate", fromlist=["read_log"]).read_log(run_dir)] == [1, 2]

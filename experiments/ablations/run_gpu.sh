@@ -18,14 +18,21 @@ collect() {  # copy what the docs need (small files) to $OUT
   find runs/ablate/$1 -name results.json -o -name log.csv -o -name '*.out' -o -name 'validate-*.json' | \
     while read f; do mkdir -p "$OUT/$(dirname $f)"; cp "$f" "$OUT/$f"; done
 }
-run() {  # study parallel
-  python3 -m sret ablate --study experiments/ablations/$1.yaml --seeds $3 --parallel $2 --output runs/ablate \
+run() {  # study parallel seeds [arms...]
+  python3 -m sret ablate --study experiments/ablations/$1.yaml --seeds $3 --parallel $2 --output runs/ablate ${4:+--arms $4} \
     --docs docs_out --device-name "$DEVICE" > $OUT/ablate_$1.log 2>&1
   echo "$1 rc=$? at ${SECONDS}s"; collect $1
 }
-run recursion 3 "$SEEDS" &
-run components 2 "$SEEDS" &
-run slicing 2 "$SEEDS" &
-run depth 1 "0" &
+if [ -n "${ONLY:-}" ]; then  # e.g. ONLY="components:naive-recursion-neither slicing:sret-t-16-16-1-1-1-1 depth"
+  for item in $ONLY; do
+    study=${item%%:*}; arm=${item#*:}; [ "$arm" = "$item" ] && arm=""
+    run $study 2 "$([ $study = depth ] && echo 0 || echo "$SEEDS")" "$arm" &
+  done
+else
+  run recursion 3 "$SEEDS" &
+  run components 2 "$SEEDS" &
+  run slicing 2 "$SEEDS" &
+  run depth 1 "0" &
+fi
 wait
 ls -R $OUT | head -50

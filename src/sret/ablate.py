@@ -123,6 +123,15 @@ def train_argv(study: Study, arm: Arm, seed: int, run_dir: Path, smoke: bool) ->
     return ["train", *_flags(recipe)]
 
 
+def _job_argv(study: Study, job: tuple[Arm, int, Path], smoke: bool) -> list[str]:
+    """A fresh run, or ``--resume`` of one that was interrupted (its ``last.pth`` is there)."""
+    arm, seed, run_dir = job
+    if (run_dir / "last.pth").is_file():
+        recipe = dict(study.recipe, **(study.smoke if smoke else {}), **arm.train)
+        return ["train", "--resume", str(run_dir), *_flags({"workers": recipe.get("workers")})]
+    return train_argv(study, arm, seed, run_dir, smoke)
+
+
 def read_log(run_dir: Path) -> list[dict[str, float]]:
     path = run_dir / "log.csv"
     if not path.is_file():
@@ -191,7 +200,7 @@ def run_study(study: Study, output: Path, smoke: bool = False, parallel: int = 1
     print(f"study {study.name}: {len(study.arms)} arms x {len(seeds)} seeds; {len(jobs)} run(s) to do")
     in_process = parallel <= 1
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        futures = [(job, pool.submit(_run_one, train_argv(study, job[0], job[1], job[2], smoke), in_process,
+        futures = [(job, pool.submit(_run_one, _job_argv(study, job, smoke), in_process,
                                      job[2].parent / f"seed{job[1]}.out"))
                    for job in jobs]
         failed = {(job[0].name, job[1]) for job, fut in futures if fut.result() != 0}
@@ -302,6 +311,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the study's seeds")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (subprocesses; 1 = in this process)")
     parser.add_argument("--device-name", default=None, help="device description for the docs")
+    parser.add_argument("--arms", nargs="+", default=None, help="run only these arms (names or folder names)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -309,6 +319,10 @@ def run(args: argparse.Namespace) -> int:
 
     for path in args.study:
         study = load_study(path)
+        if args.arms:
+            study.arms = [a for a in study.arms if a.name in args.arms or a.slug in args.arms]
+            if not study.arms:
+                raise SReTError(f"study {study.name}: none of the arms {args.arms} exist")
         results = run_study(study, Path(args.output), args.smoke, args.parallel, args.seeds)
         plot_path = Path(args.docs or args.output) / "img" / f"ablation_{study.name}.png"
         plot(results, plot_path)

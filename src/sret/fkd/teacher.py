@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,18 @@ def _checkpoint_classes(model: torch.nn.Module, state: dict[str, torch.Tensor]) 
     return int(weight.shape[0]) if weight is not None and weight.ndim >= 1 else None
 
 
+def _training_config(path: str) -> dict:
+    """The ``config`` an ``sret train`` checkpoint stores (empty for other files)."""
+    if path.endswith(".safetensors"):
+        return {}
+    from sret.train.checkpoint import read_metadata
+
+    try:
+        return dict(read_metadata(Path(path)).get("config") or {})
+    except SReTError:
+        return {}
+
+
 def build_teacher(teacher: str, teacher_model: str | None = None, num_classes: int | None = None,
                   in_chans: int | None = None, img_size: int | None = None,
                   pretrained: bool = True) -> tuple[torch.nn.Module, str, str | None]:
@@ -120,8 +133,16 @@ def build_teacher(teacher: str, teacher_model: str | None = None, num_classes: i
         if not teacher_model:
             raise SReTError(f"teacher {teacher!r} is a checkpoint file: give its architecture with "
                             "--teacher-model NAME")
+        run_cfg = _training_config(teacher)  # an `sret train` checkpoint records how its images were fed
+        img_size = img_size or run_cfg.get("img_size")
+        in_chans = in_chans or run_cfg.get("in_chans")
         state = _read_state(teacher)
-        model = _create(teacher_model, False, img_size, num_classes=num_classes, in_chans=in_chans)
+        model = _create(teacher_model, False, img_size, num_classes=num_classes, in_chans=in_chans,
+                        **(run_cfg.get("model_kwargs") or {}))
+        if run_cfg.get("data_mean") and run_cfg.get("data_std"):
+            # label crops with the normalisation the teacher was trained with, not its architecture's default
+            model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {},
+                                        mean=tuple(run_cfg["data_mean"]), std=tuple(run_cfg["data_std"]))
         stored = _checkpoint_classes(model, state) if num_classes is None else None
         if stored is not None and stored != getattr(model, "num_classes", stored):
             model.reset_classifier(stored)  # a checkpoint teacher keeps the head it was trained with
