@@ -112,3 +112,19 @@ def test_gradients_reach_every_parameter():
     model(torch.randn(2, 3, 64, 64)).logsumexp(-1).sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, missing
+
+
+def test_token_gather_gradient_is_the_inverse_gather():
+    from sret.models.attention import gather_tokens
+
+    x = torch.randn(2, 12, 3, dtype=torch.float64, requires_grad=True)
+    perm = torch.randperm(12)
+    inv = invert_permutation(perm)
+    torch.autograd.gradcheck(lambda t: gather_tokens(t, perm, inv), (x,))
+    g = torch.randn(2, 12, 3, dtype=torch.float64)
+    (gather_tokens(x, perm, inv) * g).sum().backward()
+    # independent expectation: d/dx of sum(x[:, perm] * g) puts g[:, i] at position perm[i]
+    expected = torch.zeros_like(g)
+    for i, p in enumerate(perm.tolist()):
+        expected[:, p] = g[:, i]
+    torch.testing.assert_close(x.grad, expected, rtol=0, atol=0)

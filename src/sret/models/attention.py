@@ -29,6 +29,32 @@ def invert_permutation(perm: torch.Tensor) -> torch.Tensor:
     return inverse
 
 
+class _GatherTokens(torch.autograd.Function):
+    """``x[:, perm]`` whose backward is a gather by the inverse permutation.
+
+    Autograd's backward of an index gather is a scatter-add (``index_put_(accumulate=True)``: sort + atomics), since
+    indices may repeat in general. A permutation's indices never repeat, so the gradient is simply the incoming
+    gradient gathered back by the inverse: the same cheap kernel as the forward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(1, perm)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(1, inverse), None, None
+
+
+def gather_tokens(x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """Reorder the tokens of ``x`` (B, N, C) by ``perm``; ``inverse`` must be its inverse (used for the gradient)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _GatherTokens.apply(x, perm, inverse)
+    return x.index_select(1, perm)  # inference and export: a plain gather
+
+
 class SlicedGroupAttention(nn.Module):
     """Multi-head self-attention restricted to groups of tokens, optionally on shuffled tokens.
 
@@ -91,7 +117,9 @@ class SlicedGroupAttention(nn.Module):
         torch._assert(N % G == 0, "token count must be divisible by the number of groups")
         n = N // G
         if perm is not None:
-            x = x[:, perm]  # (B, N, C), shuffled token order
+            if inv_perm is None:
+                inv_perm = invert_permutation(perm)
+            x = gather_tokens(x, perm, inv_perm)  # (B, N, C), shuffled token order
         qkv = self.qkv(x).reshape(B, G, n, 3, H, D).permute(3, 0, 1, 4, 2, 5)  # (3, B, G, H, n, D)
         q, k, v = qkv.reshape(3, B * G, H, n, D).unbind(0)  # each (B*G, H, n, D): groups ride the batch
         if self.attn_impl == "math":
@@ -102,5 +130,5 @@ class SlicedGroupAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         out = out.reshape(B, G, H, n, D).permute(0, 1, 3, 2, 4).reshape(B, N, C)  # (B, N, C), shuffled order
         if perm is not None:
-            out = out[:, invert_permutation(perm) if inv_perm is None else inv_perm]  # back to grid order
+            out = gather_tokens(out, inv_perm, perm)  # (B, N, C), back to grid order
         return self.proj_drop(self.proj(out))
