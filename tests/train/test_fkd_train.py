@@ -11,16 +11,11 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import REPO, TINY, cli, cli_subprocess, fast_flags, make_image_folder
+from train_helpers import TINY, cli, cli_subprocess, fast_flags, make_image_folder, train_then_sigkill
 
 NUM_CROPS, EPOCHS, BATCH, TRAIN = 2, 4, 8, 32  # 2 passes x (32 / 4 images per step) = 16 steps
 STEPS_PER_PASS = TRAIN // (BATCH // NUM_CROPS)
@@ -59,26 +54,7 @@ def test_fkd_sigkill_then_resume_matches_uninterrupted_run(labels, tmp_path):
     assert float(rows[-1]["lr"]) == pytest.approx(1e-5)  # the cosine schedule ends with the last pass
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "sret", "train", *fkd_flags(labels), "--output", str(killed)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline, step = time.time() + 240, -1
-        while time.time() < deadline and proc.poll() is None:
-            if (killed / "last.pth").exists():
-                try:
-                    step = torch.load(killed / "last.pth", weights_only=True)["step"]
-                except Exception:  # noqa: BLE001 (replaced while reading)
-                    step = -1
-                if step >= STEPS_PER_PASS + 3:  # inside pass 2
-                    break
-            time.sleep(0.02)
-        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()}"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    train_then_sigkill(fkd_flags(labels), killed, min_step=STEPS_PER_PASS + 3)  # inside pass 2
     state = torch.load(killed / "last.pth", weights_only=True)
     assert STEPS_PER_PASS < state["step"] < PASSES * STEPS_PER_PASS and state["epoch"] == 1  # epoch counts passes
 

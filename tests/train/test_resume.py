@@ -7,14 +7,10 @@ checkpoint restores, so the resumed run must end with exactly the weights of an 
 from __future__ import annotations
 
 import csv
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import torch
-from train_helpers import REPO, TINY, cli_subprocess, fast_flags, make_image_folder
+from train_helpers import TINY, cli_subprocess, fast_flags, make_image_folder, train_then_sigkill
 
 EPOCHS, BATCH, TRAIN = 6, 8, 64
 FLAGS = fast_flags(**{"--epochs": EPOCHS, "--batch-size": BATCH, "--checkpoint-every-steps": 1,
@@ -26,26 +22,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     total_steps = EPOCHS * (TRAIN // BATCH)
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "sret", "train", "--model", TINY, "--data", str(data),
-                             "--output", str(killed), *FLAGS], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 240
-        step = -1
-        while time.time() < deadline and proc.poll() is None:
-            if (killed / "last.pth").exists():
-                step = torch.load(killed / "last.pth", weights_only=True)["step"]
-                if step >= 11:  # inside epoch 2 (8 steps per epoch)
-                    break
-            time.sleep(0.02)
-        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()}"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    rc = train_then_sigkill(["--model", TINY, "--data", data, *FLAGS], killed, min_step=11)  # inside epoch 2
+    assert rc == -signal.SIGKILL
     state = torch.load(killed / "last.pth", weights_only=True)  # never torn
     assert 11 <= state["step"] < total_steps
 

@@ -47,6 +47,37 @@ def cli_subprocess(*argv: str, timeout: float = 300, **kwargs) -> subprocess.Com
                           timeout=timeout, env=env, **kwargs)
 
 
+def train_then_sigkill(argv: list[str], run_dir: Path, min_step: int, timeout: float = 240) -> int:
+    """Start ``sret train ARGV --output RUN_DIR`` in a subprocess and SIGKILL it once ``last.pth`` records a step
+    >= ``min_step``. Returns the killed process's return code (``-SIGKILL`` when the kill landed)."""
+    import signal
+    import time
+
+    import torch
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "sret", "train", *map(str, argv), "--output", str(run_dir)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            if (run_dir / "last.pth").exists():
+                try:
+                    step = torch.load(run_dir / "last.pth", weights_only=True)["step"]
+                except Exception:  # noqa: BLE001 (replaced while reading)
+                    step = -1
+                if step >= min_step:
+                    break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode
+
+
 def fast_flags(**overrides) -> list[str]:
     """A short schedule with the heavy augmentations off, so tiny runs are quick and learn."""
     flags = {"--epochs": "2", "--batch-size": "8", "--workers": "0", "--aa": "", "--mixup": "0", "--cutmix": "0",
