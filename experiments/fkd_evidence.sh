@@ -16,11 +16,7 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 if [ "${SMOKE:-0}" = 1 ]; then DEFAULT_DIR=/tmp/fkd_evidence_smoke; else DEFAULT_DIR=runs; fi
 OUT=${OUT:-$DEFAULT_DIR/fkd_evidence_out}; RUNS=${RUNS:-$DEFAULT_DIR/fkd_evidence}; mkdir -p "$OUT"
-if ! $PY -c "import timm" 2>/dev/null; then  # the GPU machine: wheels carried in .whl/
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/src
+source experiments/device_env.sh
 
 if [ "${SMOKE:-0}" = 1 ]; then
   SRC_DIR=${SRC_DIR:-src/sret/data/sample}

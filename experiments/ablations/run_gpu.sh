@@ -5,12 +5,7 @@
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-if ! python3 -c "import timm" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/src
-if [ -d .carry/fashion-mnist ]; then mkdir -p /usr/share/datasets/fashion-mnist && cp .carry/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/; fi
+source experiments/device_env.sh
 SEEDS=${SEEDS:-0 1}
 DEVICE="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), torch $(python3 -c 'import torch; print(torch.__version__)')"
 collect() {  # copy what the docs need (small files) to $OUT
