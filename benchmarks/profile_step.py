@@ -1,0 +1,131 @@
+"""Kernel-level profile of eager SReT steps, plus the stem's BatchNorm layouts: where does a step's time go?
+
+Prints, per model and kind of step, the CPU and GPU time of one step, the number of aten ops launched per step, and
+the kernels with the most GPU self time; then times the conv stem's forward + backward in NCHW and channels-last
+(its bf16 NCHW BatchNorm backward was the largest single kernel of the run-1 training profile).
+
+    PYTHONPATH=src python3 benchmarks/profile_step.py --out $OUT --models sret_t sret_t_wo_slice
+
+Environment switches read by the model (``SRET_FAST_LN``, ``SRET_FUSED``) are set per entry of ``--variants``
+(e.g. ``--variants default SRET_FUSED=0``), so before/after run in one process on one GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+import sret
+from sret.models.sret import ConvStem
+
+
+def _env(variant: str) -> dict[str, str]:
+    if variant == "default":
+        return {}
+    return dict(kv.split("=", 1) for kv in variant.split(","))
+
+
+def profile_model(name: str, bench: str, batch: int, out: Path, tag: str, steps: int = 3, rows: int = 25) -> None:
+    model = sret.create_model(name).cuda().train(bench == "train")
+    x = torch.randn(batch, 3, 224, 224, device="cuda")
+    y = torch.randint(0, 1000, (batch,), device="cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+
+    def step() -> None:
+        if bench == "infer":
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                model(x)
+            return
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    events = p.key_averages()
+    aten_calls = sum(e.count for e in events if e.key.startswith("aten::"))
+    cpu_ms = sum(e.self_cpu_time_total for e in events) / 1e3 / steps
+    gpu_ms = sum(e.self_device_time_total for e in events) / 1e3 / steps
+    table = events.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=70)
+    head = (f"=== {name} {bench} [{tag}] per step: CPU self {cpu_ms:.1f} ms, GPU self {gpu_ms:.1f} ms, "
+            f"aten calls {aten_calls / steps:.0f} (incl. nested), peak {peak:.2f} GiB")
+    (out / f"profile_{name}_{bench}_{tag}.txt").write_text(head + "\n" + table)
+    print(head, flush=True)
+    kept = [ln for ln in table.splitlines()[3:3 + 14]]
+    print("\n".join(ln[:72] + ln[-60:] for ln in kept), flush=True)
+
+
+def time_stem(batch: int, channels_last: bool, iters: int = 20) -> float:
+    stem = ConvStem(3, 64).cuda().train()
+    x = torch.randn(batch, 3, 224, 224, device="cuda")
+    if channels_last:
+        stem = stem.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = stem(x)
+        out.float().sum().backward()
+
+    for _ in range(3):
+        step()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        step()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "profile_out")))
+    parser.add_argument("--models", nargs="+", default=["sret_t", "sret_t_wo_slice"])
+    parser.add_argument("--benches", nargs="+", default=["infer", "train"])
+    parser.add_argument("--variants", nargs="+", default=["default"])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--stem", action="store_true", help="also time the conv stem in both layouts")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("profile_step.py needs a CUDA device", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    for variant in args.variants:
+        saved = dict(os.environ)
+        os.environ.update(_env(variant))
+        try:
+            for name in args.models:
+                for bench in args.benches:
+                    try:
+                        profile_model(name, bench, args.batch_size, args.out, variant.replace("=", "").replace(",", "_"))
+                    except Exception as exc:  # keep going: one failure should not cost the call
+                        print(f"!!! {name} {bench} [{variant}]: {type(exc).__name__}: {exc}", flush=True)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    if args.stem:
+        for cl in (False, True):
+            print(f"stem fwd+bwd, batch {args.batch_size}, {'channels_last' if cl else 'NCHW'}: "
+                  f"{time_stem(args.batch_size, cl):.2f} ms", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
