@@ -102,25 +102,37 @@ class SlicedGroupAttention(nn.Module):
         perm: Optional[torch.Tensor] = None,
         inv_perm: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Attend within ``groups`` chunks of (optionally permuted) tokens.
+        """Attend within ``groups`` chunks of (optionally permuted) tokens ``x`` (B, N, C) -> (B, N, C)."""
+        return self.proj_drop(self.proj(self.attend(self.qkv(x), groups, perm, inv_perm)))
+
+    def attend(
+        self,
+        qkv: torch.Tensor,
+        groups: int = 1,
+        perm: Optional[torch.Tensor] = None,
+        inv_perm: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """The attention core, between the ``qkv`` and ``proj`` Linears: q/k/v ``(B, N, 3C)`` -> ``(B, N, C)``.
 
         Args:
-            x: Tokens ``(B, N, C)`` in row-major grid order.
+            qkv: Projected tokens in row-major grid order.
             groups: Number of contiguous chunks; ``N`` must be divisible by it (the stage checks and explains).
             perm: Optional token permutation ``(N,)`` applied before grouping; the output is returned in the
-                original token order. Shuffling the input tokens instead of q/k/v is the same function (qkv acts
-                per token) and moves a third of the bytes.
+                original token order. Shuffling q/k/v after the (per-token) projection is the same function as
+                shuffling the input tokens.
             inv_perm: Inverse of ``perm`` if the caller already has it.
         """
-        B, N, C = x.shape
+        B, N, C3 = qkv.shape
         G, H, D = groups, self.num_heads, self.head_dim
+        C = H * D
+        torch._assert(C3 == 3 * C, "qkv must have 3 * dim channels")
         torch._assert(N % G == 0, "token count must be divisible by the number of groups")
         n = N // G
         if perm is not None:
             if inv_perm is None:
                 inv_perm = invert_permutation(perm)
-            x = gather_tokens(x, perm, inv_perm)  # (B, N, C), shuffled token order
-        qkv = self.qkv(x).reshape(B, G, n, 3, H, D).permute(3, 0, 1, 4, 2, 5)  # (3, B, G, H, n, D)
+            qkv = gather_tokens(qkv, perm, inv_perm)  # (B, N, 3C), shuffled token order
+        qkv = qkv.reshape(B, G, n, 3, H, D).permute(3, 0, 1, 4, 2, 5)  # (3, B, G, H, n, D)
         q, k, v = qkv.reshape(3, B * G, H, n, D).unbind(0)  # each (B*G, H, n, D): groups ride the batch
         if self.attn_impl == "math":
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B*G, H, n, n)
@@ -131,4 +143,4 @@ class SlicedGroupAttention(nn.Module):
         out = out.reshape(B, G, H, n, D).permute(0, 1, 3, 2, 4).reshape(B, N, C)  # (B, N, C), shuffled order
         if perm is not None:
             out = gather_tokens(out, inv_perm, perm)  # (B, N, C), back to grid order
-        return self.proj_drop(self.proj(out))
+        return out

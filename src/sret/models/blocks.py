@@ -8,6 +8,7 @@ import torch
 from timm.layers import DropPath, Mlp
 from torch import nn
 
+from sret.models import fused
 from sret.models.attention import AttnImpl, SlicedGroupAttention
 from sret.models.layernorm import TokenLayerNorm
 
@@ -24,6 +25,22 @@ class ResidualCoefficient(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.bias
+
+
+def _drop_path_scale(drop_path: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """Per-sample keep scale (B,) for the fused path: the mask timm's ``DropPath`` would draw, or None if inactive."""
+    if not isinstance(drop_path, DropPath) or not drop_path.training or drop_path.drop_prob == 0.0:
+        return None
+    keep = 1.0 - drop_path.drop_prob
+    scale = x.new_empty(x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32)).bernoulli_(keep)
+    return scale.div_(keep) if drop_path.scale_by_keep and keep > 0.0 else scale
+
+
+def _fusable_mlp(mlp: Mlp, training: bool) -> bool:
+    # Fused path covers exactly fc1 -> GELU -> fc2 with biases; active dropout keeps the modules.
+    return (isinstance(mlp.act, nn.GELU) and mlp.act.approximate == "none" and isinstance(mlp.norm, nn.Identity)
+            and mlp.fc1.bias is not None and mlp.fc2.bias is not None
+            and not (training and (mlp.drop1.p > 0 or mlp.drop2.p > 0)))
 
 
 def _weighted_sum(
@@ -78,10 +95,24 @@ class RecursiveBlock(nn.Module):
         perm: Optional[torch.Tensor] = None,
         inv_perm: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
+        if self._fused_ok(x):
+            def attend(qkv: torch.Tensor) -> torch.Tensor:
+                return self.attn.attend(qkv, groups, perm, inv_perm)
+
+            x = fused.attn_residual(x, self.norm1, self.attn, attend, self.coefficient1, self.coefficient2,
+                                    _drop_path_scale(self.drop_path, x))
+            return fused.mlp_residual(x, self.norm2, self.mlp, self.coefficient3, self.coefficient4,
+                                      _drop_path_scale(self.drop_path, x))
         y = self.drop_path(self.attn(self.norm1(x), groups, perm, inv_perm))
         x = _weighted_sum(x, y, self.coefficient1, self.coefficient2)
         y = self.drop_path(self.mlp(self.norm2(x)))
         return _weighted_sum(x, y, self.coefficient3, self.coefficient4)
+
+    def _fused_ok(self, x: torch.Tensor) -> bool:
+        attn = self.attn
+        dropout = self.training and (attn.attn_drop.p > 0 or attn.proj_drop.p > 0)
+        return (x.dim() == 3 and fused.fused_enabled() and not dropout and attn.qkv.bias is not None
+                and _fusable_mlp(self.mlp, self.training))
 
 
 class NonLinearProjection(nn.Module):
@@ -102,4 +133,6 @@ class NonLinearProjection(nn.Module):
             self.coefficient1 = self.coefficient2 = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3 and fused.fused_enabled() and _fusable_mlp(self.mlp, self.training):
+            return fused.mlp_residual(x, self.norm1, self.mlp, self.coefficient1, self.coefficient2)
         return _weighted_sum(x, self.mlp(self.norm1(x)), self.coefficient1, self.coefficient2)

@@ -68,9 +68,12 @@ if triton is not None:
         tl.store(Rstd + rows, rstd, mask=rmask)
 
     @triton.jit
-    def _ln_bwd(X, DY, DX, W, Mean, Rstd, DW, DB, M, C, num_tiles, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _ln_bwd(X, DY, DX, W, Mean, Rstd, DW, DB, G, C1, GX, M, C, num_tiles, HAS_RES: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
         # Each program walks tiles pid, pid + P, ... and keeps its own dW/dB partial sums (reduced by the caller),
-        # so the weight gradients need no atomics and stay deterministic.
+        # so the weight gradients need no atomics and stay deterministic. With HAS_RES the same pass also finishes
+        # a scaled residual ``out = c1 * x + f(LN(x))``: DX += c1 * G and a partial sum(G * X) (the gradient of c1)
+        # per program, so the residual's backward costs no extra pass over the tokens.
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
         cols = tl.arange(0, BLOCK_C)
@@ -78,6 +81,9 @@ if triton is not None:
         w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
         dw_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
         db_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        gx_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        if HAS_RES:
+            c1 = tl.load(C1).to(tl.float32)
         for tile in range(pid, num_tiles, nprog):
             rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
             rmask = rows < M
@@ -89,14 +95,20 @@ if triton is not None:
             rstd = tl.load(Rstd + rows, mask=rmask, other=0.0)
             xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
             wdy = dy * w[None, :]
-            c1 = tl.sum(xhat * wdy, axis=1) / C
-            c2 = tl.sum(wdy, axis=1) / C
-            dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+            k1 = tl.sum(xhat * wdy, axis=1) / C
+            k2 = tl.sum(wdy, axis=1) / C
+            dx = (wdy - (xhat * k1[:, None] + k2[:, None])) * rstd[:, None]
+            if HAS_RES:
+                g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+                dx += c1 * g
+                gx_acc += tl.sum(g * x, axis=0)
             tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
             dw_acc += tl.sum(dy * xhat, axis=0)
             db_acc += tl.sum(dy, axis=0)
         tl.store(DW + pid * C + cols, dw_acc, mask=cmask)
         tl.store(DB + pid * C + cols, db_acc, mask=cmask)
+        if HAS_RES:
+            tl.store(GX + pid * C + cols, gx_acc, mask=cmask)
 
 
 def _tiling(C: int) -> tuple[int, int]:
@@ -105,41 +117,63 @@ def _tiling(C: int) -> tuple[int, int]:
     return block_m, block_c
 
 
+def ln_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+               out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LayerNorm of contiguous rows ``x2`` (M, C): ``(y in out_dtype, mean (M,), rstd (M,))``, float32 statistics."""
+    M, C = x2.shape
+    y = torch.empty((M, C), device=x2.device, dtype=out_dtype)
+    mean = torch.empty(M, device=x2.device, dtype=torch.float32)
+    rstd = torch.empty(M, device=x2.device, dtype=torch.float32)
+    block_m, block_c = _tiling(C)
+    _ln_fwd[(triton.cdiv(M, block_m),)](x2, y, weight, bias, mean, rstd, M, C, eps, BLOCK_M=block_m,
+                                        BLOCK_C=block_c, num_warps=4)
+    return y, mean, rstd
+
+
+def ln_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+                residual_grad: Optional[torch.Tensor] = None, c1: Optional[torch.Tensor] = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Gradients of :func:`ln_forward` for the incoming ``dy2`` (M, C): ``(dx, dweight, dbias, dc1)``.
+
+    With ``residual_grad`` (the gradient ``g`` of ``out = c1 * x + f(LN(x))``, float32, (M, C)) and the one-element
+    ``c1``, ``dx`` also carries ``c1 * g`` and ``dc1 = sum(g * x)``; otherwise ``dc1`` is None.
+    """
+    M, C = x2.shape
+    dx = torch.empty((M, C), device=x2.device, dtype=x2.dtype)
+    block_m, block_c = _tiling(C)
+    num_tiles = triton.cdiv(M, block_m)
+    if x2.is_cuda:
+        programs = min(num_tiles, 4 * torch.cuda.get_device_properties(x2.device).multi_processor_count)
+    else:
+        programs = min(num_tiles, 4)
+    dw = torch.empty((programs, C), device=x2.device, dtype=torch.float32)
+    db = torch.empty((programs, C), device=x2.device, dtype=torch.float32)
+    has_res = residual_grad is not None
+    gx = torch.empty((programs, C), device=x2.device, dtype=torch.float32) if has_res else dw
+    if has_res and c1 is None:
+        raise ValueError("ln_backward: residual_grad needs its coefficient c1")
+    _ln_bwd[(programs,)](x2, dy2, dx, weight, mean, rstd, dw, db, residual_grad if has_res else dx,
+                         c1 if has_res else weight, gx, M, C, num_tiles, HAS_RES=has_res, BLOCK_M=block_m,
+                         BLOCK_C=block_c, num_warps=4)
+    dc1 = gx.sum().reshape(1) if has_res else None
+    return dx, dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype), dc1
+
+
 class _FastLayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                 out_dtype: torch.dtype) -> torch.Tensor:
         shape = x.shape
-        C = shape[-1]
-        x2 = x.reshape(-1, C).contiguous()
-        M = x2.shape[0]
-        y = torch.empty((M, C), device=x.device, dtype=out_dtype)
-        mean = torch.empty(M, device=x.device, dtype=torch.float32)
-        rstd = torch.empty(M, device=x.device, dtype=torch.float32)
-        block_m, block_c = _tiling(C)
-        _ln_fwd[(triton.cdiv(M, block_m),)](x2, y, weight, bias, mean, rstd, M, C, eps, BLOCK_M=block_m,
-                                            BLOCK_C=block_c, num_warps=4)
+        x2 = x.reshape(-1, shape[-1]).contiguous()
+        y, mean, rstd = ln_forward(x2, weight, bias, eps, out_dtype)
         ctx.save_for_backward(x2, weight, mean, rstd)
-        ctx.x_dtype = x.dtype
         return y.reshape(shape)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         x2, weight, mean, rstd = ctx.saved_tensors
-        M, C = x2.shape
-        dy2 = dy.reshape(M, C).contiguous()
-        dx = torch.empty((M, C), device=x2.device, dtype=ctx.x_dtype)
-        block_m, block_c = _tiling(C)
-        num_tiles = triton.cdiv(M, block_m)
-        if x2.is_cuda:
-            programs = min(num_tiles, 4 * torch.cuda.get_device_properties(x2.device).multi_processor_count)
-        else:
-            programs = min(num_tiles, 4)
-        dw = torch.empty((programs, C), device=x2.device, dtype=torch.float32)
-        db = torch.empty((programs, C), device=x2.device, dtype=torch.float32)
-        _ln_bwd[(programs,)](x2, dy2, dx, weight, mean, rstd, dw, db, M, C, num_tiles, BLOCK_M=block_m,
-                             BLOCK_C=block_c, num_warps=4)
-        return (dx.reshape(dy.shape), dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype), None, None)
+        dx, dw, db, _ = ln_backward(dy.reshape(x2.shape).contiguous(), x2, weight, mean, rstd)
+        return dx.reshape(dy.shape), dw, db, None, None
 
 
 def fast_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,

