@@ -16,6 +16,10 @@ How a number is made (and why):
   default) + ``zero_grad``: what a training loop pays per batch. Inference runs under ``torch.no_grad`` in eval.
 - Peak memory is ``torch.cuda.max_memory_allocated`` over warm-up and timed steps, after a reset: weights, optimizer
   state, activations and workspaces together, which is what decides the batch that fits.
+- ``--cuda-graph`` captures the whole eager step (forward, and in training backward + optimizer step) as one CUDA
+  graph and times its replays: the same kernels with the host's per-op dispatch cost removed, so the number is
+  the GPU's time for the step. The eager rows measure what a plain PyTorch loop gets on that host; a step of many
+  small ops (SReT's 60 narrow sublayers) is bound by the host there, and host speed varies between machines.
 - GMACs are counted once per model on a CPU copy (``sret.count_macs``, fvcore convention, batch 1, eval), before
   the model moves to the device, so the count neither pollutes the memory peak nor needs the accelerator.
 
@@ -74,6 +78,7 @@ class BenchConfig:
     fullgraph: bool = False
     channels_last: bool = False
     grad_checkpointing: bool = False
+    cuda_graph: bool = False
     attn_impl: Optional[str] = None
     warmup: int = 10
     iters: int = 30
@@ -163,11 +168,26 @@ def model_img_size(model: nn.Module, requested: Optional[int]) -> int:
     return int(size[-1]) if size else 224
 
 
-def _amp_context(device: torch.device, dtype_name: str):
+def _amp_context(device: torch.device, dtype_name: str, cache: bool = True):
     dtype = AMP_DTYPES[dtype_name]
     if dtype == torch.float32:
         return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    # Autocast's weight-cast cache must be off inside a CUDA graph capture (PyTorch's CUDA-graph notes).
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
+
+
+def _graphed(step: Callable[[], None], device: torch.device, warmup: int = 3) -> Callable[[], None]:
+    """Capture ``step`` as one CUDA graph (after warm-up on a side stream, as capture requires); return its replay."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 class _Timer:
@@ -226,6 +246,8 @@ def benchmark(cfg: BenchConfig, macs_cache: Optional[dict[tuple, float]] = None)
         if macs_cache is not None:
             macs_cache[key] = gmacs
     mode = "eager" if not cfg.compile else ("compile" if not cfg.compile_mode else f"compile:{cfg.compile_mode}")
+    if cfg.cuda_graph:
+        mode += "+cudagraph"
     result = BenchResult(
         model=cfg.model, bench=cfg.bench, attn_impl=attn_impl, mode=mode, batch_size=cfg.batch_size,
         img_size=img_size, amp_dtype=cfg.amp_dtype, channels_last=cfg.channels_last,
@@ -250,9 +272,18 @@ def benchmark(cfg: BenchConfig, macs_cache: Optional[dict[tuple, float]] = None)
         run_model = torch.compile(model, mode=cfg.compile_mode, fullgraph=cfg.fullgraph)
 
     if cfg.bench == "infer":
-        step = _infer_step(run_model, x, device, cfg.amp_dtype)
+        step = _infer_step(run_model, x, device, cfg.amp_dtype, cache=not cfg.cuda_graph)
     else:
         step = _train_step(model, run_model, x, target, device, cfg)
+    if cfg.cuda_graph:
+        try:
+            step = _graphed(step, device)
+        except torch.OutOfMemoryError:
+            result.error = "out of memory"
+            return _release(result, device)
+        except RuntimeError as err:  # an op that cannot be captured: say which, keep the other rows
+            result.error = f"CUDA graph capture failed: {str(err).splitlines()[0][:200]}"
+            return _release(result, device)
 
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -306,9 +337,10 @@ def _release(result: BenchResult, device: torch.device) -> BenchResult:
     return result
 
 
-def _infer_step(model: Callable, x: torch.Tensor, device: torch.device, amp_dtype: str) -> Callable[[], None]:
+def _infer_step(model: Callable, x: torch.Tensor, device: torch.device, amp_dtype: str,
+                cache: bool = True) -> Callable[[], None]:
     def step() -> None:
-        with torch.no_grad(), _amp_context(device, amp_dtype):
+        with torch.no_grad(), _amp_context(device, amp_dtype, cache):
             model(x)
 
     return step
@@ -320,12 +352,14 @@ def _train_step(
 ) -> Callable[[], None]:
     from timm.optim import create_optimizer_v2
 
-    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # A captured step needs the optimizer's step count on the device (capturable=True); same update otherwise.
+    extra = dict(capturable=True) if cfg.cuda_graph else {}
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
     # float16 needs loss scaling to train; bfloat16 and float32 do not (scaler disabled is a no-op).
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp_dtype == "float16")
 
     def step() -> None:
-        with _amp_context(device, cfg.amp_dtype):
+        with _amp_context(device, cfg.amp_dtype, cache=not cfg.cuda_graph):
             loss = F.cross_entropy(run_model(x), target)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -444,6 +478,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fullgraph", action="store_true", help="compile with fullgraph=True (fail on graph breaks)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (conv stem)")
     parser.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing in training")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="capture the whole step as one CUDA graph and time its replays (CUDA only)")
     parser.add_argument("--attn-impl", nargs="+", choices=("sdpa", "math"), default=None,
                         help="attention kernel(s) of sret models; several give one row each")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 GPU, 1 CPU)")
@@ -473,6 +509,8 @@ def configs_from_args(args: argparse.Namespace) -> list[BenchConfig]:
         raise SReTError(f"--img-size must be >= 8, got {args.img_size}")
     if args.compile_mode and not args.compile:
         raise SReTError("--compile-mode needs --compile")
+    if args.cuda_graph and device.type != "cuda":
+        raise SReTError("--cuda-graph needs a CUDA device")
     check_models(args.models)
     benches = ("infer", "train") if args.bench == "both" else (args.bench,)
     configs = []
@@ -484,6 +522,7 @@ def configs_from_args(args: argparse.Namespace) -> list[BenchConfig]:
                     model=name, bench=bench, batch_size=batch, img_size=args.img_size, amp_dtype=args.amp_dtype,
                     compile=args.compile, compile_mode=args.compile_mode, fullgraph=args.fullgraph,
                     channels_last=args.channels_last, grad_checkpointing=args.grad_checkpointing, attn_impl=impl,
+                    cuda_graph=args.cuda_graph,
                     warmup=warmup, iters=iters, repeats=repeats, device=str(device), num_classes=args.num_classes,
                     opt=args.opt,
                 ))
