@@ -184,9 +184,10 @@ def _graphed(step: Callable[[], None], device: torch.device, warmup: int = 3) ->
         for _ in range(warmup):
             step()
     torch.cuda.current_stream(device).wait_stream(side)
+    getattr(step, "before_capture", lambda: None)()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        step()
+        getattr(step, "capture", step)()
     return graph.replay
 
 
@@ -358,14 +359,22 @@ def _train_step(
     # float16 needs loss scaling to train; bfloat16 and float32 do not (scaler disabled is a no-op).
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp_dtype == "float16")
 
-    def step() -> None:
+    def body() -> None:
         with _amp_context(device, cfg.amp_dtype, cache=not cfg.cuda_graph):
             loss = F.cross_entropy(run_model(x), target)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+
+    def step() -> None:
+        body()
         optimizer.zero_grad(set_to_none=True)
 
+    if cfg.cuda_graph:
+        # PyTorch's whole-network capture: gradients are None when capture starts, so the captured backward
+        # allocates them from the graph's pool and every replay overwrites the same memory (no zero_grad inside).
+        step.capture = body  # type: ignore[attr-defined]
+        step.before_capture = lambda: optimizer.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
     return step
 
 

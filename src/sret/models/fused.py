@@ -106,11 +106,11 @@ def _projection_grads(g_s: torch.Tensor, a: torch.Tensor, w: torch.Tensor, b: to
     gradient's product instead of saving the branch output and reducing over every token.
     """
     g16 = g_s.to(dtype)
-    gw = (g16.t() @ a).to(w.dtype)  # (C_out, C_in) = g_s^T a, in the parameter's dtype (as autograd accumulates)
+    gw = torch.mm(g16.t(), a).to(w.dtype)  # (C_out, C_in) = g_s^T a, in the parameter's dtype (as autograd accumulates)
     gb = g_s.sum(0)
     if c2 is None:
-        return g16 @ w.to(dtype), gw, gb, None
-    da = g16 @ (w * c2).to(dtype)
+        return torch.mm(g16, w.to(dtype)), gw, gb, None
+    da = torch.mm(g16, (w * c2).to(dtype))
     dc2 = (torch.dot(w.reshape(-1), gw.reshape(-1)) + torch.dot(b, gb)).reshape(1)
     return da, gw * c2, gb * c2, dc2
 
@@ -145,9 +145,9 @@ class _MlpResidual(torch.autograd.Function):
         dh = torch.ops.aten.gelu_backward(da, h)  # (B*N, hidden)
         x2 = x.view(B * N, C)
         xn, _, _ = _layer_norm(x2, ln_w, ln_b, ctx.eps, dtype, triton)  # recomputed LN output
-        dw1 = (dh.t() @ xn).to(w1.dtype)
+        dw1 = torch.mm(dh.t(), xn).to(w1.dtype)
         db1 = dh.sum(0, dtype=w1.dtype)
-        dxn = dh @ w1.to(dtype)
+        dxn = torch.mm(dh, w1.to(dtype))
         dx, dlw, dlb, dc1 = _layer_norm_backward(dxn, x2, ln_w, ln_b, mean, rstd, g.view(B * N, C), c1, triton)
         return (dx.view(B, N, C), dlw, dlb, dw1, db1, dw2, db2, dc1, dc2, None, None, None)
 
@@ -192,9 +192,9 @@ class _AttnResidual(torch.autograd.Function):
         dqkv = dqkv.reshape(B * N, -1)
         x2 = x.view(B * N, C)
         xn, _, _ = _layer_norm(x2, ln_w, ln_b, ctx.eps, dtype, triton)
-        dwqkv = (dqkv.t() @ xn).to(wqkv.dtype)
+        dwqkv = torch.mm(dqkv.t(), xn).to(wqkv.dtype)
         dbqkv = dqkv.sum(0, dtype=wqkv.dtype)
-        dxn = dqkv @ wqkv.to(dtype)
+        dxn = torch.mm(dqkv, wqkv.to(dtype))
         dx, dlw, dlb, dc1 = _layer_norm_backward(dxn, x2, ln_w, ln_b, mean, rstd, g.view(B * N, C), c1, triton)
         return (dx.view(B, N, C), dlw, dlb, dwqkv, dbqkv, dwp, dbp, dc1, dc2, None, None, None, None)
 

@@ -68,7 +68,7 @@ if triton is not None:
         tl.store(Rstd + rows, rstd, mask=rmask)
 
     @triton.jit
-    def _ln_bwd(X, DY, DX, W, Mean, Rstd, DW, DB, G, C1, GX, M, C, num_tiles, HAS_RES: tl.constexpr,
+    def _ln_bwd(X, DY, DX, W, Mean, Rstd, DW, DB, G, C1, GX, M, C, num_tiles, P_STRIDE, HAS_RES: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
         # Each program walks tiles pid, pid + P, ... and keeps its own dW/dB partial sums (reduced by the caller),
         # so the weight gradients need no atomics and stay deterministic. With HAS_RES the same pass also finishes
@@ -105,10 +105,10 @@ if triton is not None:
             tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
             dw_acc += tl.sum(dy * xhat, axis=0)
             db_acc += tl.sum(dy, axis=0)
-        tl.store(DW + pid * C + cols, dw_acc, mask=cmask)
-        tl.store(DB + pid * C + cols, db_acc, mask=cmask)
+        tl.store(DW + pid * P_STRIDE + cols, dw_acc, mask=cmask)
+        tl.store(DB + pid * P_STRIDE + cols, db_acc, mask=cmask)
         if HAS_RES:
-            tl.store(GX + pid * C + cols, gx_acc, mask=cmask)
+            tl.store(GX + pid * P_STRIDE + cols, gx_acc, mask=cmask)
 
 
 def _tiling(C: int) -> tuple[int, int]:
@@ -142,21 +142,33 @@ def ln_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean:
     dx = torch.empty((M, C), device=x2.device, dtype=x2.dtype)
     block_m, block_c = _tiling(C)
     num_tiles = triton.cdiv(M, block_m)
-    if x2.is_cuda:
-        programs = min(num_tiles, 4 * torch.cuda.get_device_properties(x2.device).multi_processor_count)
-    else:
-        programs = min(num_tiles, 4)
-    dw = torch.empty((programs, C), device=x2.device, dtype=torch.float32)
-    db = torch.empty((programs, C), device=x2.device, dtype=torch.float32)
+    programs = min(num_tiles, 4 * _sm_count(x2.device))
     has_res = residual_grad is not None
-    gx = torch.empty((programs, C), device=x2.device, dtype=torch.float32) if has_res else dw
     if has_res and c1 is None:
         raise ValueError("ln_backward: residual_grad needs its coefficient c1")
+    # One buffer for the per-program partial sums of dW, dB (and sum(g * x)): one reduction launch for all three.
+    partial = torch.empty((programs, 3 if has_res else 2, C), device=x2.device, dtype=torch.float32)
+    dw, db = partial[:, 0], partial[:, 1]
+    gx = partial[:, 2] if has_res else dw
     _ln_bwd[(programs,)](x2, dy2, dx, weight, mean, rstd, dw, db, residual_grad if has_res else dx,
-                         c1 if has_res else weight, gx, M, C, num_tiles, HAS_RES=has_res, BLOCK_M=block_m,
-                         BLOCK_C=block_c, num_warps=4)
-    dc1 = gx.sum().reshape(1) if has_res else None
-    return dx, dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype), dc1
+                         c1 if has_res else weight, gx, M, C, num_tiles, 3 * C if has_res else 2 * C,
+                         HAS_RES=has_res, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
+    sums = partial.sum(0)  # (2 or 3, C)
+    dc1 = sums[2].sum().reshape(1) if has_res else None
+    return dx, sums[0].to(weight.dtype), sums[1].to(weight.dtype), dc1
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (cached: the query is a host call); 1 off CUDA (interpreter)."""
+    if device.type != "cuda":
+        return 1
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNT[index]
 
 
 class _FastLayerNorm(torch.autograd.Function):
