@@ -63,6 +63,28 @@ SCRIPT = textwrap.dedent(
             assert rel(a, ref) < 1e-5, (C, rel(a, ref))
         assert rel(y, F.layer_norm(x.double(), (C,), w.double(), b.double(), 1e-6)) < 1e-6
 
+    # The one-launch MLP sublayer forward and the residual kernel (sublayer_kernels.py) against the PyTorch ops they
+    # replace, rounding points included. float16: Triton's interpreter mishandles bfloat16 dots (bf16 is checked on
+    # the GPU by benchmarks/check_fused.py).
+    from sret.models import sublayer_kernels as K
+    for C, H in ((64, 230), (126, 252), (504, 1008)):
+        x = torch.randn(2, 40, C)
+        lw, lb = torch.randn(C), torch.randn(C)
+        w1, b1, w2, b2 = torch.randn(H, C) / C**0.5, torch.randn(H), torch.randn(C, H) / H**0.5, torch.randn(C)
+        c1, c2 = torch.tensor([0.8]), torch.tensor([1.3])
+        for scale in (None, torch.tensor([0.0, 1.25])):
+            out, h, mean, rstd = K.mlp_residual_forward(x, lw, lb, w1, b1, w2, b2, c1, c2, scale, 1e-6,
+                                                        torch.float16, save=True)
+            xn = F.layer_norm(x, (C,), lw, lb, 1e-6).half().view(-1, C)
+            h_ref = torch.addmm(b1.half(), xn, w1.half().t())
+            y = torch.addmm(b2.half(), F.gelu(h_ref), w2.half().t()).view_as(x)
+            k = c2 if scale is None else scale.view(2, 1, 1) * c2
+            assert rel(out, torch.addcmul(x * c1, y, k)) < 1e-4, (C, rel(out, torch.addcmul(x * c1, y, k)))
+            assert rel(h, h_ref) < 1e-4 and rel(mean, x.mean(-1).view(-1)) < 1e-6
+            assert rel(rstd, 1 / (x.var(-1, unbiased=False) + 1e-6).sqrt().view(-1)) < 1e-5
+        r = K.residual_forward(x, y, c1, c2, None)
+        assert rel(r, torch.addcmul(x * c1, y, c2)) < 1e-6
+
     # A whole model: fast path on (interpreter) and off give the same logits and gradients, first with the plain
     # modules (TokenLayerNorm's kernels), then with the fused sublayers (the residual-fused backward kernel).
     import os
@@ -84,6 +106,24 @@ SCRIPT = textwrap.dedent(
         torch.testing.assert_close(fast[0], native[0], rtol=1e-4, atol=1e-5)
         for a, b in zip(fast[1], native[1]):
             assert rel(a, b) < 1e-4 or (a - b).abs().max() < 1e-6, (fused, rel(a, b))
+    # The fused sublayers under float16 autocast: the one-launch forward kernels (SRET_FUSED_KERNELS=1) against the
+    # same sublayers made of PyTorch ops; logits and every gradient agree to float16 rounding.
+    def run16(kernels):
+        os.environ["SRET_FAST_LN"], os.environ["SRET_FUSED"], os.environ["SRET_FUSED_KERNELS"] = "1", "1", kernels
+        torch.manual_seed(1)
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = model(x)
+        out.float().square().sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                              if not (n.startswith("patch_embed.conv") and n.endswith("bias"))}
+
+    (ka, ga), (kb, gb) = run16("1"), run16("0")
+    assert rel(ka, kb) < 1e-2, rel(ka, kb)
+    errs = sorted(rel(ga[n], gb[n]) for n in gb)
+    assert errs[len(errs) // 2] < 1e-2 and all(torch.isfinite(g).all() for g in ga.values()), errs[-5:]
+    os.environ["SRET_FUSED_KERNELS"] = "1"
+
     os.environ["SRET_FUSED"] = "0"  # the checks below are about TokenLayerNorm's own path
     # The MAC counter (a dispatch mode) must see the native op even where the fast path is on.
     os.environ["SRET_FAST_LN"] = "1"

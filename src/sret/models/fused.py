@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from sret.models import layernorm as _ln
+from sret.models import sublayer_kernels as _kernels
 
 
 def fused_enabled() -> bool:
@@ -123,12 +124,18 @@ class _MlpResidual(torch.autograd.Function):
     def forward(ctx, x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps: float, dtype: torch.dtype):
         B, N, C = x.shape
         triton = _use_triton(x)
-        x2 = x.reshape(B * N, C)
-        with torch.autocast(x.device.type, enabled=False):
-            xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)  # (B*N, C) in dtype
-            h = torch.addmm(b1.to(dtype), xn, w1.to(dtype).t())  # (B*N, hidden)
-            y = torch.addmm(b2.to(dtype), F.gelu(h), w2.to(dtype).t())  # (B*N, C)
-            out = _residual(x, y.view(B, N, C), c1, _branch_scale(c2, scale, B))
+        fused = _kernels.mlp_residual_forward(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype,
+                                              save=any(ctx.needs_input_grad))
+        if fused is not None:  # one Triton launch (CUDA, bf16/fp16)
+            out, h, mean, rstd = fused
+            triton = True
+        else:
+            x2 = x.reshape(B * N, C)
+            with torch.autocast(x.device.type, enabled=False):
+                xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)  # (B*N, C) in dtype
+                h = torch.addmm(b1.to(dtype), xn, w1.to(dtype).t())  # (B*N, hidden)
+                y = torch.addmm(b2.to(dtype), F.gelu(h), w2.to(dtype).t())  # (B*N, C)
+                out = _residual(x, y.view(B, N, C), c1, _branch_scale(c2, scale, B))
         ctx.save_for_backward(x, ln_w, ln_b, w1, w2, b2, c1, c2, scale, h, mean, rstd)
         ctx.eps, ctx.dtype, ctx.triton = eps, dtype, triton
         return out
@@ -170,8 +177,10 @@ class _AttnResidual(torch.autograd.Function):
             xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)
             qkv = torch.addmm(bqkv.to(dtype), xn, wqkv.to(dtype).t()).view(B, N, -1)  # (B, N, 3C)
             o = attend(qkv).reshape(B * N, C)  # (B*N, C), grid token order
-            y = torch.addmm(bp.to(dtype), o, wp.to(dtype).t())
-            out = _residual(x, y.view(B, N, C), c1, _branch_scale(c2, scale, B))
+            y = torch.addmm(bp.to(dtype), o, wp.to(dtype).t()).view(B, N, C)
+            out = _kernels.residual_forward(x, y, c1, c2, scale) if triton else None
+            if out is None:
+                out = _residual(x, y, c1, _branch_scale(c2, scale, B))
         ctx.save_for_backward(x, ln_w, ln_b, wqkv, wp, bp, c1, c2, scale, qkv, mean, rstd)
         ctx.eps, ctx.dtype, ctx.triton, ctx.attend = eps, dtype, triton, attend
         return out

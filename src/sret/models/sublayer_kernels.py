@@ -1,0 +1,166 @@
+"""Triton kernels for the fused sublayers' forward (CUDA, bf16/fp16 autocast): one launch per MLP/NLL sublayer.
+
+Why: even with one autograd node per sublayer (``fused.py``), the forward of an MLP sublayer is ~10 launches
+(LayerNorm, weight casts, two GEMMs, GELU, two residual ops), and SReT-T runs 40 of them per forward at C = 64-256:
+eager SReT is bound by that launch count, and the separate ops move the (B*N, hidden) activations through memory
+three more times than needed. Here one program takes a tile of rows through
+
+    LN -> fc1 (+b1) -> GELU -> fc2 (+b2) -> c1 * x + k * y
+
+with the hidden layer produced and consumed in chunks of ``BLOCK_H`` columns (it never exists in full), the weights
+read in float32 and rounded to the compute dtype in registers (no cast launches), and the rounding points of the
+autocast path reproduced: LN output, fc1 output, GELU output and fc2 output are each rounded to the compute dtype,
+as ``F.linear`` / ``F.gelu`` under autocast round them. In training it also writes what the fused backward keeps
+(the fc1 output ``h`` and the LN statistics).
+
+``mlp_residual_forward`` returns None where it does not apply (no Triton, not CUDA and not the interpreter, a
+float32/float64 compute dtype, C > 512); the caller then runs the PyTorch ops. Checked against the PyTorch path
+through Triton's CPU interpreter in ``tests/test_layernorm.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from sret.models import layernorm as _ln
+
+triton = _ln.triton
+if triton is not None:
+    import triton.language as tl
+
+_MAX_C = 512
+_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def kernels_available(x: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether the fused forward kernels may run on ``x`` with Linears in ``dtype``."""
+    if triton is None or dtype not in _DTYPES or x.shape[-1] > _MAX_C:
+        return False
+    if os.environ.get("SRET_FUSED_KERNELS", "1") == "0":
+        return False
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+if triton is not None:
+
+    @triton.jit
+    def _mlp_residual_fwd(X, LNW, LNB, W1, B1, W2, B2, C1, K, OUT, HOUT, MEAN, RSTD, M, C, H, N_TOK, eps,
+                          HAS_C1: tl.constexpr, K_PER_SAMPLE: tl.constexpr, SAVE: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr):
+        pid = tl.program_id(0)
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.arange(0, BLOCK_C)
+        rmask = rows < M
+        cmask = cols < C
+        mask = rmask[:, None] & cmask[None, :]
+        offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+        dt = HOUT.dtype.element_ty  # the compute dtype (bf16 / fp16): HOUT is allocated in it even when unused
+        # LayerNorm in float32, output rounded to the compute dtype (autocast: LN in fp32, the Linear casts it)
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / C
+        xc = tl.where(mask, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / C + eps)
+        lw = tl.load(LNW + cols, mask=cmask, other=0.0).to(tl.float32)
+        lb = tl.load(LNB + cols, mask=cmask, other=0.0).to(tl.float32)
+        xn = (xc * rstd[:, None] * lw[None, :] + lb[None, :]).to(dt)
+        acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+        for h0 in range(0, H, BLOCK_H):
+            hcols = h0 + tl.arange(0, BLOCK_H)
+            hmask = hcols < H
+            # W1 is (H, C): the tile W1[hcols, cols] as (BLOCK_C, BLOCK_H)
+            w1 = tl.load(W1 + hcols[None, :] * C + cols[:, None], mask=cmask[:, None] & hmask[None, :], other=0.0)
+            b1 = tl.load(B1 + hcols, mask=hmask, other=0.0).to(dt).to(tl.float32)
+            h = (tl.dot(xn, w1.to(dt)) + b1[None, :]).to(dt)  # fc1 output, rounded as addmm's
+            if SAVE:
+                tl.store(HOUT + rows[:, None].to(tl.int64) * H + hcols[None, :], h,
+                         mask=rmask[:, None] & hmask[None, :])
+            hf = h.to(tl.float32)
+            a = (0.5 * hf * (1.0 + tl.erf(hf * 0.7071067811865476))).to(dt)  # exact GELU, rounded
+            # W2 is (C, H): the tile W2[cols, hcols] as (BLOCK_H, BLOCK_C)
+            w2 = tl.load(W2 + cols[None, :] * H + hcols[:, None], mask=hmask[:, None] & cmask[None, :], other=0.0)
+            acc += tl.dot(a, w2.to(dt))
+        b2 = tl.load(B2 + cols, mask=cmask, other=0.0).to(dt).to(tl.float32)
+        y = (acc + b2[None, :]).to(dt).to(tl.float32)  # fc2 output, rounded as addmm's
+        if HAS_C1:
+            x = x * tl.load(C1).to(tl.float32)
+        if K_PER_SAMPLE:
+            k = tl.load(K + rows // N_TOK, mask=rmask, other=0.0).to(tl.float32)
+            out = x + k[:, None] * y
+        else:
+            out = x + tl.load(K).to(tl.float32) * y
+        tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
+        if SAVE:
+            tl.store(MEAN + rows, mean, mask=rmask)
+            tl.store(RSTD + rows, rstd, mask=rmask)
+
+    @triton.jit
+    def _residual_fwd(X, Y, C1, K, OUT, M, C, N_TOK, HAS_C1: tl.constexpr, K_PER_SAMPLE: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.arange(0, BLOCK_C)
+        rmask = rows < M
+        mask = rmask[:, None] & (cols < C)[None, :]
+        offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_C1:
+            x = x * tl.load(C1).to(tl.float32)
+        if K_PER_SAMPLE:
+            k = tl.load(K + rows // N_TOK, mask=rmask, other=0.0).to(tl.float32)
+            out = x + k[:, None] * y
+        else:
+            out = x + tl.load(K).to(tl.float32) * y
+        tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
+
+
+def _branch_factor(x: torch.Tensor, c2: Optional[torch.Tensor], scale: Optional[torch.Tensor]):
+    """``(K, per_sample)``: the branch's factor as a 1-element tensor, or per sample (B,) with drop path."""
+    if scale is None:
+        return (c2 if c2 is not None else x.new_ones(1, dtype=torch.float32)), False
+    return (scale * c2 if c2 is not None else scale).contiguous(), True
+
+
+def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps: float,
+                         dtype: torch.dtype, save: bool):
+    """``c1 * x + c2 * s * fc2(gelu(fc1(LN(x))))`` for contiguous x (B, N, C) in one launch.
+
+    Returns ``(out, h, mean, rstd)`` (the last three None unless ``save``), or None where the kernel does not apply.
+    """
+    if not kernels_available(x, dtype):
+        return None
+    B, N, C = x.shape
+    M, H = B * N, w1.shape[0]
+    out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+    h = torch.empty((M, H) if save else (1, 1), device=x.device, dtype=dtype)
+    mean = torch.empty(M if save else 1, device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    k, per_sample = _branch_factor(x, c2, scale)
+    block_c = max(16, triton.next_power_of_2(C))
+    block_m = max(16, min(64, 4096 // block_c))
+    block_h = 32 if block_c >= 512 else 64
+    _mlp_residual_fwd[(triton.cdiv(M, block_m),)](
+        x, ln_w, ln_b, w1, b1, w2, b2, c1 if c1 is not None else k, k, out, h, mean, rstd, M, C, H, N, eps,
+        HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, SAVE=save, BLOCK_M=block_m, BLOCK_C=block_c,
+        BLOCK_H=block_h, num_warps=4)
+    return (out, h, mean, rstd) if save else (out, None, None, None)
+
+
+def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale) -> Optional[torch.Tensor]:
+    """``c1 * x + c2 * s * y`` (x float32 or lower, y in the compute dtype) in one pass, or None off CUDA."""
+    if triton is None or not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        return None
+    if os.environ.get("SRET_FUSED_KERNELS", "1") == "0":
+        return None
+    B, N, C = x.shape
+    out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+    k, per_sample = _branch_factor(x, c2, scale)
+    block_c = triton.next_power_of_2(C)
+    block_m = max(1, 4096 // block_c)
+    M = B * N
+    _residual_fwd[(triton.cdiv(M, block_m),)](x, y, c1 if c1 is not None else k, k, out, M, C, N,
+                                             HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, BLOCK_M=block_m,
+                                             BLOCK_C=block_c, num_warps=4)
+    return out
