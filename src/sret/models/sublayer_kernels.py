@@ -138,14 +138,26 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
     mean = torch.empty(M if save else 1, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     k, per_sample = _branch_factor(x, c2, scale)
+    # Tiles: ~4k elements of x per program; hidden chunks sized so two pipeline stages of float32 weight tiles
+    # (2 x 2 x BLOCK_C x BLOCK_H x 4 bytes) stay near 64 KiB of shared memory.
     block_c = max(16, triton.next_power_of_2(C))
     block_m = max(16, min(64, 4096 // block_c))
-    block_h = 32 if block_c >= 512 else 64
-    _mlp_residual_fwd[(triton.cdiv(M, block_m),)](
-        x, ln_w, ln_b, w1, b1, w2, b2, c1 if c1 is not None else k, k, out, h, mean, rstd, M, C, H, N, eps,
-        HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, SAVE=save, BLOCK_M=block_m, BLOCK_C=block_c,
-        BLOCK_H=block_h, num_warps=4)
+    block_h = max(16, 4096 // block_c)
+    key = (block_c, block_h, x.device.index)
+    if key in _TOO_BIG:
+        return None
+    try:
+        _mlp_residual_fwd[(triton.cdiv(M, block_m),)](
+            x, ln_w, ln_b, w1, b1, w2, b2, c1 if c1 is not None else k, k, out, h, mean, rstd, M, C, H, N, eps,
+            HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, SAVE=save, BLOCK_M=block_m, BLOCK_C=block_c,
+            BLOCK_H=block_h, num_warps=4, num_stages=2)
+    except triton.runtime.errors.OutOfResources:  # a GPU with less shared memory: the PyTorch ops do it
+        _TOO_BIG.add(key)
+        return None
     return (out, h, mean, rstd) if save else (out, None, None, None)
+
+
+_TOO_BIG: set = set()
 
 
 def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale) -> Optional[torch.Tensor]:
