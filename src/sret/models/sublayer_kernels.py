@@ -141,8 +141,13 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
     # Tiles: ~4k elements of x per program; hidden chunks sized so two pipeline stages of float32 weight tiles
     # (2 x 2 x BLOCK_C x BLOCK_H x 4 bytes) stay near 64 KiB of shared memory.
     block_c = max(16, triton.next_power_of_2(C))
-    block_m = max(16, min(64, 4096 // block_c))
+    block_m = max(16, min(64, 8192 // block_c))
     block_h = max(16, 4096 // block_c)
+    # Every program streams both weight matrices through L2 once: M / BLOCK_M x 2 x C x H x 4 bytes, against
+    # M x C x 8 bytes of tokens. Past H > 8 x BLOCK_M the weight traffic dominates and the kernel lost to cuBLAS on
+    # an H100 (SReT-S's wide stages ran 2x slower, docs/perf_notes.md): those sublayers keep the PyTorch ops.
+    if H > 8 * block_m:
+        return None
     key = (block_c, block_h, x.device.index)
     if key in _TOO_BIG:
         return None
@@ -150,7 +155,7 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
         _mlp_residual_fwd[(triton.cdiv(M, block_m),)](
             x, ln_w, ln_b, w1, b1, w2, b2, c1 if c1 is not None else k, k, out, h, mean, rstd, M, C, H, N, eps,
             HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, SAVE=save, BLOCK_M=block_m, BLOCK_C=block_c,
-            BLOCK_H=block_h, num_warps=4, num_stages=2)
+            BLOCK_H=block_h, num_warps=4 if block_c <= 64 else 8, num_stages=2)
     except triton.runtime.errors.OutOfResources:  # a GPU with less shared memory: the PyTorch ops do it
         _TOO_BIG.add(key)
         return None
