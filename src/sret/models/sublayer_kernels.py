@@ -124,10 +124,11 @@ def _branch_factor(x: torch.Tensor, c2: Optional[torch.Tensor], scale: Optional[
 
 
 def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps: float,
-                         dtype: torch.dtype, save: bool):
+                         dtype: torch.dtype, save: bool, tile: Optional[tuple[int, int, int]] = None):
     """``c1 * x + c2 * s * fc2(gelu(fc1(LN(x))))`` for contiguous x (B, N, C) in one launch.
 
     Returns ``(out, h, mean, rstd)`` (the last three None unless ``save``), or None where the kernel does not apply.
+    ``tile`` = (BLOCK_M, BLOCK_H, num_warps) overrides the :data:`TILES` lookup (tests, tuning).
     """
     if not kernels_available(x, dtype):
         return None
@@ -137,17 +138,12 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
     h = torch.empty((M, H) if save else (1, 1), device=x.device, dtype=dtype)
     mean = torch.empty(M if save else 1, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
-    k, per_sample = _branch_factor(x, c2, scale)
-    # Tiles: ~4k elements of x per program; hidden chunks sized so two pipeline stages of float32 weight tiles
-    # (2 x 2 x BLOCK_C x BLOCK_H x 4 bytes) stay near 64 KiB of shared memory.
-    block_c = max(16, triton.next_power_of_2(C))
-    block_m = max(16, min(64, 8192 // block_c))
-    block_h = max(16, 4096 // block_c)
-    # Every program streams both weight matrices through L2 once: M / BLOCK_M x 2 x C x H x 4 bytes, against
-    # M x C x 8 bytes of tokens. Past H > 8 x BLOCK_M the weight traffic dominates and the kernel lost to cuBLAS on
-    # an H100 (SReT-S's wide stages ran 2x slower, docs/perf_notes.md): those sublayers keep the PyTorch ops.
-    if H > 8 * block_m:
+    config = tile or TILES.get((C, H, save))
+    if config is None:  # a shape where the kernel did not beat cuBLAS + separate ops, or one never measured
         return None
+    block_m, block_h, warps = config
+    block_c = max(16, triton.next_power_of_2(C))
+    k, per_sample = _branch_factor(x, c2, scale)
     key = (block_c, block_h, x.device.index)
     if key in _TOO_BIG:
         return None
@@ -155,7 +151,7 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
         _mlp_residual_fwd[(triton.cdiv(M, block_m),)](
             x, ln_w, ln_b, w1, b1, w2, b2, c1 if c1 is not None else k, k, out, h, mean, rstd, M, C, H, N, eps,
             HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, SAVE=save, BLOCK_M=block_m, BLOCK_C=block_c,
-            BLOCK_H=block_h, num_warps=4 if block_c <= 64 else 8, num_stages=2)
+            BLOCK_H=block_h, num_warps=warps, num_stages=2)
     except triton.runtime.errors.OutOfResources:  # a GPU with less shared memory: the PyTorch ops do it
         _TOO_BIG.add(key)
         return None
@@ -163,6 +159,24 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
 
 
 _TOO_BIG: set = set()
+
+# (C, H, save) -> (BLOCK_M, BLOCK_H, num_warps): the fastest tile of the sweep on an H100 for each SReT sublayer
+# shape where the kernel beat the PyTorch ops (``benchmarks/tune_sublayer_kernel.py``, results in
+# ``benchmarks/results/tune_sublayer_kernel/h100.json``; speed-ups over PyTorch in the comments). Shapes absent here
+# (all of SReT-S's: 0.15-0.87x, and SReT-T's last-stage MLP in inference: 0.87x) run the PyTorch ops.
+TILES: dict[tuple[int, int, bool], tuple[int, int, int]] = {
+    (64, 230, False): (128, 64, 4),   # T stage 0 MLP, 1.77x
+    (64, 230, True): (64, 64, 4),     # 1.45x
+    (64, 64, False): (32, 64, 4),     # T stage 0 NLL, 2.91x
+    (64, 64, True): (32, 32, 4),      # 2.57x
+    (128, 460, False): (32, 32, 4),   # T stage 1 MLP, 1.10x
+    (128, 460, True): (32, 32, 4),    # 1.15x
+    (128, 128, False): (128, 64, 8),  # T stage 1 NLL, 4.18x
+    (128, 128, True): (128, 32, 8),   # 6.46x
+    (256, 921, True): (32, 32, 4),    # T stage 2 MLP, training forward only, 1.55x
+    (256, 256, False): (64, 32, 4),   # T stage 2 NLL, 6.37x
+    (256, 256, True): (32, 32, 4),    # 3.47x
+}
 
 
 def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale) -> Optional[torch.Tensor]:
