@@ -13,7 +13,8 @@ finishes the residual in the same pass (``dx += c1 * g``, ``dc1 = sum(g * x)``, 
 what is saved is chosen for memory: the residual input (shared with the previous sublayer's output), the
 LayerNorm statistics and the MLP's pre-activation (or the attention's q/k/v). The LayerNorm output and the GELU
 are recomputed in backward; the attention core is re-run in backward (flash attention, cheap next to the MLPs).
-Saved activations per image drop from 30.8 to ~15 MiB for SReT-T (bf16 autocast, counted on the CPU).
+Measured on an H100 (docs/perf_notes.md): SReT-T's training peak at batch 256 falls from 8.24 to 4.52 GiB.
+The forward of the MLP/NLL sublayers is one Triton launch where that was measured to pay (``sublayer_kernels.py``).
 
 Semantics are exactly the unfused modules' (``RecursiveBlock`` / ``NonLinearProjection`` in ``blocks.py``), under
 autocast too: LayerNorm in float32 with its output cast to the autocast dtype, Linear/GELU in that dtype, the
