@@ -208,38 +208,10 @@ def phase_checks(s: Suite) -> None:
 
 
 def phase_profile(s: Suite) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
-    def prof(bench: str) -> None:
-        model = sret.create_model("sret_t").to(DEV).train(bench == "train")
-        x = torch.randn(s.batch, 3, 224, 224, device=DEV)
-        y = torch.randint(0, 1000, (s.batch,), device=DEV)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-        def step() -> None:
-            if bench == "infer":
-                with torch.no_grad(), torch.autocast(DEV, dtype=torch.bfloat16):
-                    model(x)
-                return
-            with torch.autocast(DEV, dtype=torch.bfloat16):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
-            for _ in range(3):
-                step()
-            torch.cuda.synchronize()
-        table = p.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60)
-        (s.out / f"profile_{bench}.txt").write_text(table)
-        print(f"--- profile sret_t {bench} (3 steps) ---\n" + "\n".join(table.splitlines()[:18]), flush=True)
+    from profile_step import profile_model  # benchmarks/profile_step.py, beside this file
 
     for bench in ("infer", "train"):
-        s.guarded(f"profile/{bench}", lambda bench=bench: prof(bench))
+        s.guarded(f"profile/{bench}", lambda bench=bench: profile_model("sret_t", bench, s.batch, s.out, "suite"))
 
 
 def main() -> int:

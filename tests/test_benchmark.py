@@ -70,6 +70,7 @@ def test_unknown_model_is_refused_before_running(tmp_path, capsys):
     (["--results-file", "r.txt"], ".json or .csv"),
     (["--batch-size", "0"], "--batch-size"),
     (["--compile-mode", "reduce-overhead"], "--compile-mode needs --compile"),
+    (["--cuda-graph", "--device", "cpu"], "--cuda-graph needs a CUDA device"),
 ])
 def test_bad_options(extra, message, capsys):
     assert main(["benchmark", "--models", "sret_t", "--img-size", "32", *extra]) == 2

@@ -83,6 +83,23 @@ def _use_triton(x: torch.Tensor) -> bool:
     return _ln.triton is not None and _ln.fast_layer_norm_available(x) and x.shape[-1] <= _ln._MAX_C
 
 
+def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, w: torch.Tensor,
+                        mean: torch.Tensor, rstd: torch.Tensor, g: torch.Tensor, c1: Optional[torch.Tensor],
+                        eps: float, dtype: torch.dtype, triton: bool):
+    """Backward of ``c1 * x + ... z`` with ``z = LN(x) @ w.T + b``, given ``dz`` (M, out) and ``g = d out`` (B, N, C).
+
+    The LN output is recomputed from the saved statistics. Returns ``(dx, dln_w, dln_b, dw, db, dc1)``.
+    """
+    B, N, C = x.shape
+    x2 = x.view(B * N, C)
+    xn, _, _ = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)
+    dw = torch.mm(dz.t(), xn).to(w.dtype)
+    db = dz.sum(0, dtype=w.dtype)
+    dxn = torch.mm(dz, w.to(dtype))
+    dx, dlw, dlb, dc1 = _layer_norm_backward(dxn, x2, ln_w, ln_b, mean, rstd, g.view(B * N, C), c1, triton)
+    return dx.view(B, N, C), dlw, dlb, dw, db, dc1
+
+
 # ----------------------------------------------------------------------------------------------- residual pieces
 def _branch_scale(c2: Optional[torch.Tensor], scale: Optional[torch.Tensor], batch: int) -> Optional[torch.Tensor]:
     """The factor on the branch: ``c2`` (1,), times the per-sample drop-path scale as (B, 1, 1); None if neither."""
@@ -151,13 +168,9 @@ class _MlpResidual(torch.autograd.Function):
         a = F.gelu(h)  # recomputed: saving it would double the MLP's saved bytes
         da, dw2, db2, dc2 = _projection_grads(g_s.view(B * N, C), a, w2, b2, c2, dtype)
         dh = torch.ops.aten.gelu_backward(da, h)  # (B*N, hidden)
-        x2 = x.view(B * N, C)
-        xn, _, _ = _layer_norm(x2, ln_w, ln_b, ctx.eps, dtype, triton)  # recomputed LN output
-        dw1 = torch.mm(dh.t(), xn).to(w1.dtype)
-        db1 = dh.sum(0, dtype=w1.dtype)
-        dxn = torch.mm(dh, w1.to(dtype))
-        dx, dlw, dlb, dc1 = _layer_norm_backward(dxn, x2, ln_w, ln_b, mean, rstd, g.view(B * N, C), c1, triton)
-        return (dx.view(B, N, C), dlw, dlb, dw1, db1, dw2, db2, dc1, dc2, None, None, None)
+        dx, dlw, dlb, dw1, db1, dc1 = _ln_linear_backward(dh, x, ln_w, ln_b, w1, mean, rstd, g, c1, ctx.eps, dtype,
+                                                          triton)
+        return (dx, dlw, dlb, dw1, db1, dw2, db2, dc1, dc2, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------- the attention sublayer
@@ -199,14 +212,9 @@ class _AttnResidual(torch.autograd.Function):
         o2 = o.detach().reshape(B * N, C)
         do, dwp, dbp, dc2 = _projection_grads(g_s.view(B * N, C), o2, wp, bp, c2, dtype)
         (dqkv,) = torch.autograd.grad(o, qkv_in, do.view(B, N, C))
-        dqkv = dqkv.reshape(B * N, -1)
-        x2 = x.view(B * N, C)
-        xn, _, _ = _layer_norm(x2, ln_w, ln_b, ctx.eps, dtype, triton)
-        dwqkv = torch.mm(dqkv.t(), xn).to(wqkv.dtype)
-        dbqkv = dqkv.sum(0, dtype=wqkv.dtype)
-        dxn = torch.mm(dqkv, wqkv.to(dtype))
-        dx, dlw, dlb, dc1 = _layer_norm_backward(dxn, x2, ln_w, ln_b, mean, rstd, g.view(B * N, C), c1, triton)
-        return (dx.view(B, N, C), dlw, dlb, dwqkv, dbqkv, dwp, dbp, dc1, dc2, None, None, None, None)
+        dx, dlw, dlb, dwqkv, dbqkv, dc1 = _ln_linear_backward(dqkv.reshape(B * N, -1), x, ln_w, ln_b, wqkv, mean,
+                                                              rstd, g, c1, ctx.eps, dtype, triton)
+        return (dx, dlw, dlb, dwqkv, dbqkv, dwp, dbp, dc1, dc2, None, None, None, None)
 
 
 # ------------------------------------------------------------------------------------------------ entry points

@@ -47,6 +47,16 @@ def kernels_available(x: torch.Tensor, dtype: torch.dtype) -> bool:
 if triton is not None:
 
     @triton.jit
+    def _residual_tile(x, y, C1, K, rows, rmask, N_TOK, HAS_C1: tl.constexpr, K_PER_SAMPLE: tl.constexpr):
+        """``c1 * x + k * y`` on a float32 tile; k is one scalar or one per sample (row // tokens per sample)."""
+        if HAS_C1:
+            x = x * tl.load(C1).to(tl.float32)
+        if K_PER_SAMPLE:
+            k = tl.load(K + rows // N_TOK, mask=rmask, other=0.0).to(tl.float32)
+            return x + k[:, None] * y
+        return x + tl.load(K).to(tl.float32) * y
+
+    @triton.jit
     def _mlp_residual_fwd(X, LNW, LNB, W1, B1, W2, B2, C1, K, OUT, HOUT, MEAN, RSTD, M, C, H, N_TOK, eps,
                           HAS_C1: tl.constexpr, K_PER_SAMPLE: tl.constexpr, SAVE: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr):
@@ -84,13 +94,7 @@ if triton is not None:
             acc += tl.dot(a, w2.to(dt))
         b2 = tl.load(B2 + cols, mask=cmask, other=0.0).to(dt).to(tl.float32)
         y = (acc + b2[None, :]).to(dt).to(tl.float32)  # fc2 output, rounded as addmm's
-        if HAS_C1:
-            x = x * tl.load(C1).to(tl.float32)
-        if K_PER_SAMPLE:
-            k = tl.load(K + rows // N_TOK, mask=rmask, other=0.0).to(tl.float32)
-            out = x + k[:, None] * y
-        else:
-            out = x + tl.load(K).to(tl.float32) * y
+        out = _residual_tile(x, y, C1, K, rows, rmask, N_TOK, HAS_C1, K_PER_SAMPLE)
         tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
         if SAVE:
             tl.store(MEAN + rows, mean, mask=rmask)
@@ -106,13 +110,7 @@ if triton is not None:
         offs = rows[:, None].to(tl.int64) * C + cols[None, :]
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
-        if HAS_C1:
-            x = x * tl.load(C1).to(tl.float32)
-        if K_PER_SAMPLE:
-            k = tl.load(K + rows // N_TOK, mask=rmask, other=0.0).to(tl.float32)
-            out = x + k[:, None] * y
-        else:
-            out = x + tl.load(K).to(tl.float32) * y
+        out = _residual_tile(x, y, C1, K, rows, rmask, N_TOK, HAS_C1, K_PER_SAMPLE)
         tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
 
