@@ -114,7 +114,8 @@ def main() -> int:
             for name in args.models:
                 for bench in args.benches:
                     try:
-                        profile_model(name, bench, args.batch_size, args.out, variant.replace("=", "").replace(",", "_"))
+                        tag = variant.replace("=", "").replace(",", "_")
+                        profile_model(name, bench, args.batch_size, args.out, tag)
                     except Exception as exc:  # keep going: one failure should not cost the call
                         print(f"!!! {name} {bench} [{variant}]: {type(exc).__name__}: {exc}", flush=True)
         finally:

@@ -16,9 +16,10 @@ How a number is made (and why):
   default) + ``zero_grad``: what a training loop pays per batch. Inference runs under ``torch.no_grad`` in eval.
 - Peak memory is ``torch.cuda.max_memory_allocated`` over warm-up and timed steps, after a reset: weights, optimizer
   state, activations and workspaces together, which is what decides the batch that fits.
-- ``--cuda-graph`` (inference) captures the whole eager forward as one CUDA graph and times its replays: the same kernels with the host's per-op dispatch cost removed, so the number is
-  the GPU's time for the step. The eager rows measure what a plain PyTorch loop gets on that host; a step of many
-  small ops (SReT's 60 narrow sublayers) is bound by the host there, and host speed varies between machines.
+- ``--cuda-graph`` (inference) captures the whole eager forward as one CUDA graph and times its replays: the same
+  kernels with the host's per-op dispatch cost removed, so the number is the GPU's time for the step. The eager
+  rows measure what a plain PyTorch loop gets on that host; a step of many small ops (SReT's 60 narrow sublayers)
+  is bound by the host there, and host speed varies between machines.
 - GMACs are counted once per model on a CPU copy (``sret.count_macs``, fvcore convention, batch 1, eval), before
   the model moves to the device, so the count neither pollutes the memory peak nor needs the accelerator.
 

@@ -54,7 +54,8 @@ def _attention(q_shape: Sequence[int], k_shape: Sequence[int], v_shape: Sequence
     return prod(batch) * nq * nk * (d + dv)
 
 
-# Ops FlopCounterMode misses (norms, the CPU attention kernel) -> MACs. FlopCounterMode reports everything in FLOPs, so these are doubled below and halved at the end.
+# Ops FlopCounterMode misses (norms, the CPU attention kernel) -> MACs. FlopCounterMode reports everything in FLOPs,
+# so these are doubled below and halved at the end.
 _NORM_RULES = {
     aten._native_batch_norm_legit_no_training: _shape_of(_batch_norm_eval),
     aten.native_batch_norm: _shape_of(_batch_norm),

@@ -60,7 +60,8 @@ class ConvStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda and (os.environ.get("SRET_STEM_NHWC_COMPILED") == "1" or not torch.compiler.is_compiling()):
-            # NHWC on CUDA in eager mode (Inductor picks its own layouts): cuDNN's channels-last conv and BatchNorm kernels are what make the stem cheap (its bf16
+            # NHWC on CUDA in eager mode (Inductor picks its own layouts; NHWC measured slower there): cuDNN's
+            # channels-last conv and BatchNorm kernels are what make the stem cheap (its bf16
             # NCHW BatchNorm backward alone was ~8 ms of a 95 ms SReT-T training step at batch 256 on an H100; stem
             # forward + backward 16.9 -> 6.1 ms). The output stays channels-last, which is also exactly the memory
             # order of the (B, N, C) tokens the stages work on, so the token view after it needs no copy.

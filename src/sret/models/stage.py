@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sret.errors import SReTError
-from sret.models.attention import AttnImpl, invert_permutation
+from sret.models.attention import AttnImpl
 from sret.models.blocks import NonLinearProjection, RecursiveBlock
 
 EvalPermutation = Literal["fixed", "random"]

@@ -26,7 +26,8 @@ def measure_table(pattern: str = "sret_*", macs: bool = True) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = f"{'model':<38} {'paper row':<28} {'px':>4} {'params':>11} {'match':>5} {'GMACs':>7} {'paper':>7} {'top-1':>5}"
+    header = (f"{'model':<38} {'paper row':<28} {'px':>4} {'params':>11} {'match':>5} {'GMACs':>7} {'paper':>7} "
+              f"{'top-1':>5}")
     lines = [header, "-" * len(header)]
     for r in rows:
         gmacs = f"{r['gmacs']:.3f}" if r["gmacs"] is not None else "-"
