@@ -35,13 +35,16 @@ _MAX_C = 512
 _DTYPES = (torch.bfloat16, torch.float16)
 
 
-def kernels_available(x: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Whether the fused forward kernels may run on ``x`` with Linears in ``dtype``."""
-    if triton is None or dtype not in _DTYPES or x.shape[-1] > _MAX_C:
-        return False
-    if os.environ.get("SRET_FUSED_KERNELS", "1") == "0":
+def _device_ok(x: torch.Tensor) -> bool:
+    """Triton present, not switched off, and ``x`` on CUDA (or the CPU under Triton's interpreter)."""
+    if triton is None or os.environ.get("SRET_FUSED_KERNELS", "1") == "0":
         return False
     return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def kernels_available(x: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether the fused forward kernels may run on ``x`` with Linears in ``dtype``."""
+    return dtype in _DTYPES and x.shape[-1] <= _MAX_C and _device_ok(x)
 
 
 if triton is not None:
@@ -179,9 +182,7 @@ TILES: dict[tuple[int, int, bool], tuple[int, int, int]] = {
 
 def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale) -> Optional[torch.Tensor]:
     """``c1 * x + c2 * s * y`` (x float32 or lower, y in the compute dtype) in one pass, or None off CUDA."""
-    if triton is None or not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-        return None
-    if os.environ.get("SRET_FUSED_KERNELS", "1") == "0":
+    if not _device_ok(x):
         return None
     B, N, C = x.shape
     out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
