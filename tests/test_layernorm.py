@@ -53,7 +53,14 @@ SCRIPT = textwrap.dedent(
         c1 = torch.tensor([0.7])
         gy, g = torch.randn(300, C), torch.randn(300, C)
         y, mean, rstd = ln_forward(x, w, b, 1e-6, torch.float32)
-        dx, dw, db, dc1 = ln_backward(gy, x, w, mean, rstd, g, c1)
+        scale = torch.tensor([0.0, 1.25, 1.25])  # per-sample drop-path scale: 3 samples of 100 tokens
+        dx, dw, db, dc1, gsum = ln_backward(gy, x, w, mean, rstd, g, c1, grad_sum=True, scale=scale, tokens=100)
+        g_s = g.double().view(3, 100, C) * scale.double().view(3, 1, 1)
+        assert rel(gsum, g_s.sum((0, 1))) < 1e-6, (C, rel(gsum, g_s.sum((0, 1))))
+        # With the ones column, the rows are LN(x) followed by (1, 0, ...) up to a multiple of 8 columns.
+        ya, _, _ = ln_forward(x, w, b, 1e-6, torch.float32, ones_column=True)
+        assert ya.shape == (300, (C + 8) // 8 * 8), ya.shape
+        assert torch.equal(ya[:, :C], y) and (ya[:, C] == 1).all() and (ya[:, C + 1:] == 0).all()
         ref_in = [t.double().requires_grad_(True) for t in (x, w, b, c1)]
         # sum(g * c1 * x) + sum(gy * LN(x)): its gradients are exactly what the fused backward must return.
         want = torch.autograd.grad(

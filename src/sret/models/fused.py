@@ -53,30 +53,39 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 # ---------------------------------------------------------------------------------------------- LayerNorm pieces
-def _layer_norm(x2: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, dtype: torch.dtype, triton: bool):
-    """``(LN(x2) in dtype, mean, rstd)``; Triton kernel on CUDA, the native op elsewhere."""
+def _layer_norm(x2: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, dtype: torch.dtype, triton: bool,
+                ones_column: bool = False):
+    """``(LN(x2) in dtype, mean, rstd)``; Triton kernel on CUDA, the native op elsewhere.
+
+    ``ones_column`` (Triton only) appends a column of ones (and zero padding): see ``layernorm.ln_forward``.
+    """
     if triton:
-        return _ln.ln_forward(x2, w, b, eps, dtype)
+        return _ln.ln_forward(x2, w, b, eps, dtype, ones_column=ones_column)
     y, mean, rstd = torch.native_layer_norm(x2, (x2.shape[-1],), w, b, eps)
     return y.to(dtype), mean, rstd
 
 
 def _layer_norm_backward(gy: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, b: torch.Tensor, mean: torch.Tensor,
-                         rstd: torch.Tensor, g: torch.Tensor, c1: Optional[torch.Tensor], triton: bool):
-    """Gradient of ``out = c1 * x + f(LN(x))`` w.r.t. x, the LN affine and c1, given ``gy = d f / d LN(x)``.
+                         rstd: torch.Tensor, g: torch.Tensor, c1: Optional[torch.Tensor], scale: Optional[torch.Tensor],
+                         tokens: int, triton: bool):
+    """Gradient of ``out = c1 * x + s * f(LN(x))`` w.r.t. x, the LN affine and c1, given ``gy = d f / d LN(x)``.
 
-    ``c1`` None means a plain residual (``out = x + f``).
+    ``c1`` None means a plain residual (``out = x + f``). Also returns ``gsum``, the column sum of ``g * s`` (the bias
+    gradient of the Linear whose output is the branch), computed in the same pass on the Triton path.
     """
     coef = c1 if c1 is not None else torch.ones(1, device=x2.device, dtype=x2.dtype)
     if triton:
-        dx, dw, db, dc1 = _ln.ln_backward(gy, x2, w, mean, rstd, g, coef)
+        dx, dw, db, dc1, gsum = _ln.ln_backward(gy, x2, w, mean, rstd, g, coef, grad_sum=True, scale=scale,
+                                                tokens=tokens)
         dc1 = dc1.to(coef.dtype)
     else:
         dx, dw, db = torch.ops.aten.native_layer_norm_backward(
             gy.to(x2.dtype), x2, (x2.shape[-1],), mean, rstd, w, b, [True, True, True])
         dc1 = torch.dot(g.reshape(-1), x2.reshape(-1).to(g.dtype)).reshape(1).to(coef.dtype) if c1 is not None else None
+        g_s = g if scale is None else g * scale.repeat_interleave(tokens)[:, None]
+        gsum = g_s.sum(0)
         dx = torch.addcmul(dx, g, coef) if c1 is not None else dx + g
-    return dx, dw, db, (dc1 if c1 is not None else None)
+    return dx, dw, db, (dc1 if c1 is not None else None), gsum
 
 
 def _use_triton(x: torch.Tensor) -> bool:
@@ -85,19 +94,26 @@ def _use_triton(x: torch.Tensor) -> bool:
 
 def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, w: torch.Tensor,
                         mean: torch.Tensor, rstd: torch.Tensor, g: torch.Tensor, c1: Optional[torch.Tensor],
-                        eps: float, dtype: torch.dtype, triton: bool):
+                        scale: Optional[torch.Tensor], eps: float, dtype: torch.dtype, triton: bool):
     """Backward of ``c1 * x + ... z`` with ``z = LN(x) @ w.T + b``, given ``dz`` (M, out) and ``g = d out`` (B, N, C).
 
-    The LN output is recomputed from the saved statistics. Returns ``(dx, dln_w, dln_b, dw, db, dc1)``.
+    The LN output is recomputed from the saved statistics. Returns ``(dx, dln_w, dln_b, dw, db, dc1, gsum)``, with
+    ``gsum`` the column sum of ``g * s`` (see :func:`_layer_norm_backward`).
+
+    On the Triton path the recomputed LN output carries a ones column, so the weight-gradient GEMM also yields
+    ``db = sum(dz)`` (rounded to the compute dtype, as autograd's bias gradient of a bf16 ``addmm`` is): no
+    separate reduction over the (M, out) gradient.
     """
     B, N, C = x.shape
     x2 = x.view(B * N, C)
-    xn, _, _ = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)
-    dw = torch.mm(dz.t(), xn).to(w.dtype)
-    db = dz.sum(0, dtype=w.dtype)
+    xn, _, _ = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton, ones_column=triton)
+    dwb = torch.mm(dz.t(), xn)  # (out, C) or, with the ones column, (out, C + pad)
+    dw = dwb[:, :C].to(w.dtype)
+    db = dwb[:, C].to(w.dtype) if triton else dz.sum(0, dtype=w.dtype)
     dxn = torch.mm(dz, w.to(dtype))
-    dx, dlw, dlb, dc1 = _layer_norm_backward(dxn, x2, ln_w, ln_b, mean, rstd, g.view(B * N, C), c1, triton)
-    return dx.view(B, N, C), dlw, dlb, dw, db, dc1
+    dx, dlw, dlb, dc1, gsum = _layer_norm_backward(dxn, x2, ln_w, ln_b, mean, rstd, g.view(B * N, C), c1, scale, N,
+                                                   triton)
+    return dx.view(B, N, C), dlw, dlb, dw, db, dc1, gsum
 
 
 # ----------------------------------------------------------------------------------------------- residual pieces
@@ -117,21 +133,30 @@ def _residual(x: torch.Tensor, y: torch.Tensor, c1: Optional[torch.Tensor], k: O
     return torch.addcmul(base, y, k)
 
 
-def _projection_grads(g_s: torch.Tensor, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
-                      c2: Optional[torch.Tensor], dtype: torch.dtype):
+def _projection_grads(g_s: torch.Tensor, a: torch.Tensor, w: torch.Tensor, c2: Optional[torch.Tensor],
+                      dtype: torch.dtype):
     """Backward of ``out += c2 * (a @ w.T + b)`` where ``g_s`` is d out (drop-path scale applied), 2-D.
 
-    Returns ``(da, dw, db, dc2)``. ``dc2 = sum(g_s * (a w^T + b)) = <w, g_s^T a> + <b, sum g_s>`` reuses the weight
-    gradient's product instead of saving the branch output and reducing over every token.
+    Returns ``(da, gw)`` with ``gw = g_s^T a``; :func:`_finish_projection` turns it and the column sum of ``g_s``
+    (which the LayerNorm backward computes in its pass) into the parameter gradients.
     """
     g16 = g_s.to(dtype)
     gw = torch.mm(g16.t(), a).to(w.dtype)  # (C_out, C_in) = g_s^T a, in the parameter's dtype (as autograd accumulates)
-    gb = g_s.sum(0)
+    da = torch.mm(g16, (w * c2 if c2 is not None else w).to(dtype))
+    return da, gw
+
+
+def _finish_projection(gw: torch.Tensor, gb: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                       c2: Optional[torch.Tensor]):
+    """``(dw, db, dc2)`` of ``out += c2 * (a @ w.T + b)`` from ``gw = g_s^T a`` and ``gb = sum g_s``.
+
+    ``dc2 = sum(g_s * (a w^T + b)) = <w, gw> + <b, gb>`` reuses the weight gradient's product instead of saving the
+    branch output and reducing over every token.
+    """
     if c2 is None:
-        return torch.mm(g16, w.to(dtype)), gw, gb, None
-    da = torch.mm(g16, (w * c2).to(dtype))
+        return gw, gb, None
     dc2 = (torch.dot(w.reshape(-1), gw.reshape(-1)) + torch.dot(b, gb)).reshape(1)
-    return da, gw * c2, gb * c2, dc2
+    return gw * c2, gb * c2, dc2
 
 
 # ---------------------------------------------------------------------------------------------- the MLP sublayer
@@ -166,10 +191,11 @@ class _MlpResidual(torch.autograd.Function):
         g = g.contiguous()
         g_s = g if scale is None else g * scale.view(B, 1, 1)  # d out / d (c2 * branch)
         a = F.gelu(h)  # recomputed: saving it would double the MLP's saved bytes
-        da, dw2, db2, dc2 = _projection_grads(g_s.view(B * N, C), a, w2, b2, c2, dtype)
+        da, gw2 = _projection_grads(g_s.view(B * N, C), a, w2, c2, dtype)
         dh = torch.ops.aten.gelu_backward(da, h)  # (B*N, hidden)
-        dx, dlw, dlb, dw1, db1, dc1 = _ln_linear_backward(dh, x, ln_w, ln_b, w1, mean, rstd, g, c1, ctx.eps, dtype,
-                                                          triton)
+        dx, dlw, dlb, dw1, db1, dc1, gb2 = _ln_linear_backward(dh, x, ln_w, ln_b, w1, mean, rstd, g, c1, scale,
+                                                               ctx.eps, dtype, triton)
+        dw2, db2, dc2 = _finish_projection(gw2, gb2, w2, b2, c2)
         return (dx, dlw, dlb, dw1, db1, dw2, db2, dc1, dc2, None, None, None)
 
 
@@ -210,10 +236,11 @@ class _AttnResidual(torch.autograd.Function):
             qkv_in = qkv.detach().requires_grad_(True)
             o = ctx.attend(qkv_in)  # (B, N, C), recomputed
         o2 = o.detach().reshape(B * N, C)
-        do, dwp, dbp, dc2 = _projection_grads(g_s.view(B * N, C), o2, wp, bp, c2, dtype)
+        do, gwp = _projection_grads(g_s.view(B * N, C), o2, wp, c2, dtype)
         (dqkv,) = torch.autograd.grad(o, qkv_in, do.view(B, N, C))
-        dx, dlw, dlb, dwqkv, dbqkv, dc1 = _ln_linear_backward(dqkv.reshape(B * N, -1), x, ln_w, ln_b, wqkv, mean,
-                                                              rstd, g, c1, ctx.eps, dtype, triton)
+        dx, dlw, dlb, dwqkv, dbqkv, dc1, gbp = _ln_linear_backward(dqkv.reshape(B * N, -1), x, ln_w, ln_b, wqkv, mean,
+                                                                   rstd, g, c1, scale, ctx.eps, dtype, triton)
+        dwp, dbp, dc2 = _finish_projection(gwp, gbp, wp, bp, c2)
         return (dx, dlw, dlb, dwqkv, dbqkv, dwp, dbp, dc1, dc2, None, None, None, None)
 
 

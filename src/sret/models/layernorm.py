@@ -48,7 +48,10 @@ def fast_layer_norm_available(x: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _ln_fwd(X, Y, W, B, Mean, Rstd, M, C, eps, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _ln_fwd(X, Y, W, B, Mean, Rstd, M, C, Y_STRIDE, eps, PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_C: tl.constexpr):
+        # With PAD > 0 each output row is followed by PAD extra columns holding (1, 0, ..., 0): a weight-gradient
+        # GEMM against this matrix then yields the bias gradient as its extra column (no separate reduction pass).
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.arange(0, BLOCK_C)
         rmask = rows < M
@@ -63,17 +66,26 @@ if triton is not None:
         w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
         b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
         y = xc * rstd[:, None] * w[None, :] + b[None, :]
-        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+        yrow = rows[:, None].to(tl.int64) * Y_STRIDE
+        tl.store(Y + yrow + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+        if PAD > 0:
+            pcols = tl.arange(0, 8)
+            ones = tl.where(pcols == 0, 1.0, 0.0)[None, :] + tl.zeros((BLOCK_M, 8), dtype=tl.float32)
+            tl.store(Y + yrow + C + pcols[None, :], ones.to(Y.dtype.element_ty),
+                     mask=rmask[:, None] & (pcols < PAD)[None, :])
         tl.store(Mean + rows, mean, mask=rmask)
         tl.store(Rstd + rows, rstd, mask=rmask)
 
     @triton.jit
-    def _ln_bwd(X, DY, DX, W, Mean, Rstd, DW, DB, G, C1, GX, M, C, num_tiles, P_STRIDE, HAS_RES: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _ln_bwd(X, DY, DX, W, Mean, Rstd, DW, DB, G, C1, GX, GS, S, M, C, N_TOK, num_tiles, P_STRIDE,
+                HAS_RES: tl.constexpr, HAS_GSUM: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_C: tl.constexpr):
         # Each program walks tiles pid, pid + P, ... and keeps its own dW/dB partial sums (reduced by the caller),
         # so the weight gradients need no atomics and stay deterministic. With HAS_RES the same pass also finishes
         # a scaled residual ``out = c1 * x + f(LN(x))``: DX += c1 * G and a partial sum(G * X) (the gradient of c1)
-        # per program, so the residual's backward costs no extra pass over the tokens.
+        # per program, so the residual's backward costs no extra pass over the tokens. With HAS_GSUM it also keeps
+        # partial column sums of G (times a per-sample scale S with HAS_SCALE): the bias gradient of the Linear
+        # that produced the branch, again without a pass of its own.
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
         cols = tl.arange(0, BLOCK_C)
@@ -82,6 +94,7 @@ if triton is not None:
         dw_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
         db_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
         gx_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        gs_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
         if HAS_RES:
             c1 = tl.load(C1).to(tl.float32)
         for tile in range(pid, num_tiles, nprog):
@@ -102,6 +115,10 @@ if triton is not None:
                 g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
                 dx += c1 * g
                 gx_acc += tl.sum(g * x, axis=0)
+                if HAS_GSUM:
+                    if HAS_SCALE:
+                        g = g * tl.load(S + rows // N_TOK, mask=rmask, other=0.0).to(tl.float32)[:, None]
+                    gs_acc += tl.sum(g, axis=0)
             tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
             dw_acc += tl.sum(dy * xhat, axis=0)
             db_acc += tl.sum(dy, axis=0)
@@ -109,6 +126,8 @@ if triton is not None:
         tl.store(DB + pid * P_STRIDE + cols, db_acc, mask=cmask)
         if HAS_RES:
             tl.store(GX + pid * P_STRIDE + cols, gx_acc, mask=cmask)
+            if HAS_GSUM:
+                tl.store(GS + pid * P_STRIDE + cols, gs_acc, mask=cmask)
 
 
 def _tiling(C: int) -> tuple[int, int]:
@@ -117,26 +136,40 @@ def _tiling(C: int) -> tuple[int, int]:
     return block_m, block_c
 
 
+def ones_column_width(C: int) -> int:
+    """Row width of a LayerNorm output with a ones column appended: C + 1 rounded up to a multiple of 8 (so that
+    bf16 rows stay 16-byte aligned for cuBLAS)."""
+    return (C + 1 + 7) // 8 * 8
+
+
 def ln_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-               out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """LayerNorm of contiguous rows ``x2`` (M, C): ``(y in out_dtype, mean (M,), rstd (M,))``, float32 statistics."""
+               out_dtype: torch.dtype, ones_column: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LayerNorm of contiguous rows ``x2`` (M, C): ``(y in out_dtype, mean (M,), rstd (M,))``, float32 statistics.
+
+    With ``ones_column`` y is (M, :func:`ones_column_width`) with column C all ones and the rest of the padding zero:
+    ``dz.T @ y`` then holds the weight gradient in its first C columns and the bias gradient in column C.
+    """
     M, C = x2.shape
-    y = torch.empty((M, C), device=x2.device, dtype=out_dtype)
+    width = ones_column_width(C) if ones_column else C
+    y = torch.empty((M, width), device=x2.device, dtype=out_dtype)
     mean = torch.empty(M, device=x2.device, dtype=torch.float32)
     rstd = torch.empty(M, device=x2.device, dtype=torch.float32)
     block_m, block_c = _tiling(C)
-    _ln_fwd[(triton.cdiv(M, block_m),)](x2, y, weight, bias, mean, rstd, M, C, eps, BLOCK_M=block_m,
-                                        BLOCK_C=block_c, num_warps=4)
+    _ln_fwd[(triton.cdiv(M, block_m),)](x2, y, weight, bias, mean, rstd, M, C, width, eps, PAD=width - C,
+                                        BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
     return y, mean, rstd
 
 
 def ln_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
                 residual_grad: Optional[torch.Tensor] = None, c1: Optional[torch.Tensor] = None,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Gradients of :func:`ln_forward` for the incoming ``dy2`` (M, C): ``(dx, dweight, dbias, dc1)``.
+                grad_sum: bool = False, scale: Optional[torch.Tensor] = None, tokens: int = 1,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Gradients of :func:`ln_forward` for the incoming ``dy2`` (M, C): ``(dx, dweight, dbias, dc1, gsum)``.
 
     With ``residual_grad`` (the gradient ``g`` of ``out = c1 * x + f(LN(x))``, float32, (M, C)) and the one-element
-    ``c1``, ``dx`` also carries ``c1 * g`` and ``dc1 = sum(g * x)``; otherwise ``dc1`` is None.
+    ``c1``, ``dx`` also carries ``c1 * g`` and ``dc1 = sum(g * x)``; otherwise ``dc1`` is None. With ``grad_sum``
+    (needs ``residual_grad``) ``gsum`` is the column sum of ``g``, each row times ``scale[row // tokens]`` if
+    ``scale`` (B,) is given; otherwise None.
     """
     M, C = x2.shape
     dx = torch.empty((M, C), device=x2.device, dtype=x2.dtype)
@@ -146,16 +179,22 @@ def ln_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean:
     has_res = residual_grad is not None
     if has_res and c1 is None:
         raise ValueError("ln_backward: residual_grad needs its coefficient c1")
-    # One buffer for the per-program partial sums of dW, dB (and sum(g * x)): one reduction launch for all three.
-    partial = torch.empty((programs, 3 if has_res else 2, C), device=x2.device, dtype=torch.float32)
+    if grad_sum and not has_res:
+        raise ValueError("ln_backward: grad_sum needs residual_grad")
+    # One buffer for the per-program partial sums of dW, dB (and sum(g * x), sum(g)): one reduction launch for all.
+    n = 2 + has_res + grad_sum
+    partial = torch.empty((programs, n, C), device=x2.device, dtype=torch.float32)
     dw, db = partial[:, 0], partial[:, 1]
     gx = partial[:, 2] if has_res else dw
+    gs = partial[:, 3] if grad_sum else dw
     _ln_bwd[(programs,)](x2, dy2, dx, weight, mean, rstd, dw, db, residual_grad if has_res else dx,
-                         c1 if has_res else weight, gx, M, C, num_tiles, 3 * C if has_res else 2 * C,
-                         HAS_RES=has_res, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
-    sums = partial.sum(0)  # (2 or 3, C)
+                         c1 if has_res else weight, gx, gs, scale if scale is not None else weight, M, C, tokens,
+                         num_tiles, n * C, HAS_RES=has_res, HAS_GSUM=grad_sum, HAS_SCALE=scale is not None,
+                         BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
+    sums = partial.sum(0)  # (n, C)
     dc1 = sums[2].sum().reshape(1) if has_res else None
-    return dx, sums[0].to(weight.dtype), sums[1].to(weight.dtype), dc1
+    gsum = sums[3] if grad_sum else None
+    return dx, sums[0].to(weight.dtype), sums[1].to(weight.dtype), dc1, gsum
 
 
 _SM_COUNT: dict[int, int] = {}
@@ -184,7 +223,7 @@ class _FastLayerNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         x2, weight, mean, rstd = ctx.saved_tensors
-        dx, dw, db, _ = ln_backward(dy.reshape(x2.shape).contiguous(), x2, weight, mean, rstd)
+        dx, dw, db, _, _ = ln_backward(dy.reshape(x2.shape).contiguous(), x2, weight, mean, rstd)
         return dx.reshape(dy.shape), dw, db, None, None
 
 

@@ -79,6 +79,14 @@ class DepthwisePool(nn.Module):
         self.conv = nn.Conv2d(in_chs, out_chs, 3, stride=2, padding=1, groups=in_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and not torch.compiler.is_compiling() and x.dtype == torch.float32:
+            # In eager mode on CUDA the conv runs in float32 on an NCHW copy, outside autocast. The stage hands over
+            # an NHWC-strided float32 map, and cuDNN's grouped NHWC kernels (and its bf16 ones) were the slow
+            # choice: on an H100 at batch 256, SReT-T's two pools took 0.62 ms forward and 1.96 ms forward +
+            # backward as bf16 NHWC against 0.29 / 0.99 ms this way, copy included (benchmarks/bench_pool.py,
+            # docs/perf_notes.md). float32 is also the more exact of the two; Inductor picks its own layout.
+            with torch.autocast("cuda", enabled=False):
+                return self.conv(x.contiguous())  # (B, C_out, ceil(H/2), ceil(W/2)), float32
         return self.conv(x)  # (B, C_out, ceil(H/2), ceil(W/2))
 
 
