@@ -6,6 +6,7 @@ kernel under each tile config, in inference (``save=False``) and training-forwar
 best config per shape and whether it beats PyTorch; ``--out`` gets the full table as JSON.
 
     PYTHONPATH=src python3 benchmarks/tune_sublayer_kernel.py --out $OUT
+    PYTHONPATH=src python3 benchmarks/tune_sublayer_kernel.py --gemm --out $OUT   # the LN + 2 GEMMs path
 """
 
 from __future__ import annotations
@@ -34,11 +35,97 @@ SHAPES = [  # (name, M, C, H)
 ]
 
 
+GEMM_CONFIGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): the usual Hopper/Ampere matmul tiles, a few small ones
+    (128, 128, 64, 8, 3), (128, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 128, 32, 8, 4), (64, 64, 64, 4, 3),
+    (128, 256, 64, 8, 3), (64, 256, 32, 8, 3), (128, 64, 32, 4, 4), (64, 64, 32, 4, 4), (128, 32, 64, 4, 3),
+]
+
+
+def tune_gemm(args: argparse.Namespace) -> int:
+    """LayerNorm + two GEMM launches (``GEMM_TILES``): best fc1 and fc2 tiles per shape, then the whole path against
+    the one-launch kernel (its ``TILES`` entry, if any) and the PyTorch ops, inference and training forward."""
+    deadline = time.time() + args.deadline
+    dev, dt = "cuda", torch.bfloat16
+    table = []
+    for name, M, C, H in SHAPES:
+        if name.startswith("T") and name.endswith("nll") and not args.all_shapes:  # one launch: 0.06-0.08 ms
+            continue
+        N = M // 256
+        x = torch.randn(256, N, C, device=dev)
+        lw, lb = torch.randn(C, device=dev), torch.randn(C, device=dev)
+        w1, b1 = torch.randn(H, C, device=dev) / C**0.5, torch.randn(H, device=dev)
+        w2, b2 = torch.randn(C, H, device=dev) / H**0.5, torch.randn(C, device=dev)
+        c1, c2 = torch.ones(1, device=dev), torch.ones(1, device=dev)
+        xn = torch.randn(M, C, device=dev, dtype=dt)
+        a = torch.randn(M, H, device=dev, dtype=dt)
+        h = torch.empty((1, 1), device=dev, dtype=dt)
+        out = torch.empty_like(x)
+        fc1, fc2 = [], []
+        for cfg in GEMM_CONFIGS:
+            bm, bn, bk, warps, stages = cfg
+            if time.time() > deadline:
+                break
+
+            def k1(bm=bm, bn=bn, bk=bk, warps=warps, stages=stages, xn=xn, w1=w1, b1=b1, a=a, h=h, M=M, C=C, H=H):
+                K._fc1_gelu_fwd[(triton.cdiv(M, bm), triton.cdiv(H, bn))](
+                    xn, w1, b1, a, h, M, C, H, SAVE=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+                    num_stages=stages)
+
+            def k2(bm=bm, bn=bn, bk=bk, warps=warps, stages=stages, a=a, w2=w2, b2=b2, x=x, c1=c1, c2=c2, out=out,
+                   M=M, C=C, H=H, N=N):
+                K._fc2_residual_fwd[(triton.cdiv(M, bm), triton.cdiv(C, bn))](
+                    a, w2, b2, x, c1, c2, out, M, C, H, N, HAS_C1=True, K_PER_SAMPLE=False, BLOCK_M=bm, BLOCK_N=bn,
+                    BLOCK_K=bk, num_warps=warps, num_stages=stages)
+
+            for fn, sink, useful in ((k1, fc1, bk <= max(16, triton.next_power_of_2(C))),
+                                     (k2, fc2, bn <= max(16, triton.next_power_of_2(C)))):
+                if not useful:
+                    continue
+                try:
+                    sink.append((do_bench(fn, warmup=10, rep=40, return_mode="median"), cfg))
+                except Exception as err:  # noqa: BLE001  out of shared memory / registers: not a candidate
+                    print(f"  {name} {cfg}: {type(err).__name__}", flush=True)
+        if not fc1 or not fc2:
+            continue
+        best = (min(fc1)[1], min(fc2)[1])
+        for save in (False, True):
+            os.environ["SRET_FUSED_KERNELS"] = "0"
+            ws = [t.requires_grad_(save) for t in (w1, w2)]
+            args_t = (x, lw, lb, w1, b1, w2, b2, c1, c2, None, 1e-6, dt)
+            with torch.set_grad_enabled(save):
+                torch_ms = do_bench(lambda args_t=args_t: fused._MlpResidual.apply(*args_t), return_mode="median")
+            for t in ws:
+                t.requires_grad_(False)
+            os.environ["SRET_FUSED_KERNELS"] = "1"
+            tile = K.TILES.get((C, H, save))
+            one_ms = None
+            if tile is not None:
+                one_ms = do_bench(lambda tile=tile, save=save: K.mlp_residual_forward(
+                    x, lw, lb, w1, b1, w2, b2, c1, c2, None, 1e-6, dt, save=save, tile=tile), return_mode="median")
+            two_ms = do_bench(lambda save=save: K.mlp_residual_forward(
+                x, lw, lb, w1, b1, w2, b2, c1, c2, None, 1e-6, dt, save=save, gemm_tile=best), return_mode="median")
+            row = {"shape": name, "M": M, "C": C, "H": H, "save": save, "torch_ms": torch_ms, "one_launch_ms": one_ms,
+                   "gemm_ms": two_ms, "gemm_tile": best, "fc1_ms": min(fc1)[0], "fc2_ms": min(fc2)[0],
+                   "fc1_configs": fc1, "fc2_configs": fc2}
+            table.append(row)
+            print(f"{name:9s} save={int(save)} torch {torch_ms:.3f} | one-launch "
+                  + (f"{one_ms:.3f}" if one_ms else "  -  ") + f" | LN+2 GEMMs {two_ms:.3f} ms "
+                  f"(fc1 {min(fc1)[0]:.3f}, fc2 {min(fc2)[0]:.3f}) tiles {best} -> "
+                  f"{min(torch_ms, one_ms or 1e9) / two_ms:.2f}x", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "tune_gemm_path.json").write_text(json.dumps(table, indent=1))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     parser.add_argument("--deadline", type=float, default=480.0, help="seconds; configs after it are skipped")
+    parser.add_argument("--gemm", action="store_true", help="tune the LayerNorm + two GEMM path instead")
+    parser.add_argument("--all-shapes", action="store_true", help="with --gemm: SReT-T's NLL shapes too")
     args = parser.parse_args()
+    if args.gemm:
+        return tune_gemm(args)
     deadline = time.time() + args.deadline
     dev, dt = "cuda", torch.bfloat16
     table = []

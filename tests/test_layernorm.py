@@ -73,15 +73,19 @@ SCRIPT = textwrap.dedent(
     # The one-launch MLP sublayer forward and the residual kernel (sublayer_kernels.py) against the PyTorch ops they
     # replace, rounding points included. float16: Triton's interpreter mishandles bfloat16 dots (bf16 is checked on
     # the GPU by benchmarks/check_fused.py).
+    import itertools
     from sret.models import sublayer_kernels as K
     for C, H in ((64, 230), (126, 378), (256, 256)):
         x = torch.randn(2, 40, C)
         lw, lb = torch.randn(C), torch.randn(C)
         w1, b1, w2, b2 = torch.randn(H, C) / C**0.5, torch.randn(H), torch.randn(C, H) / H**0.5, torch.randn(C)
         c1, c2 = torch.tensor([0.8]), torch.tensor([1.3])
-        for scale in (None, torch.tensor([0.0, 1.25])):
+        # the one-launch kernel, then LayerNorm + two GEMM launches (tiles that leave remainders in M, H and C)
+        for scale, tiles in itertools.product((None, torch.tensor([0.0, 1.25])),
+                                              (dict(tile=(32, 32, 4)), dict(gemm_tile=((32, 64, 32, 4, 2),
+                                                                                       (16, 32, 64, 4, 2))))):
             out, h, mean, rstd = K.mlp_residual_forward(x, lw, lb, w1, b1, w2, b2, c1, c2, scale, 1e-6,
-                                                        torch.float16, save=True, tile=(32, 32, 4))
+                                                        torch.float16, save=True, **tiles)
             xn = F.layer_norm(x, (C,), lw, lb, 1e-6).half().view(-1, C)
             h_ref = torch.addmm(b1.half(), xn, w1.half().t())
             y = torch.addmm(b2.half(), F.gelu(h_ref), w2.half().t()).view_as(x)
@@ -157,6 +161,7 @@ def test_sublayer_kernel_declines_untuned_shapes():
     """Shapes where the kernel lost to the PyTorch ops (not in ``TILES``, e.g. SReT-S's) are handed back (None)."""
     import torch
 
+    import itertools
     from sret.models import sublayer_kernels as K
 
     if K.triton is None:

@@ -117,6 +117,81 @@ if triton is not None:
         tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
 
+if triton is not None:
+
+    @triton.jit
+    def _fc1_gelu_fwd(XN, W1, B1, A, HOUT, M, C, H, SAVE: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """``a = gelu(xn @ W1^T + b1)`` (and ``h = xn @ W1^T + b1`` with SAVE) for a (BLOCK_M, BLOCK_N) tile."""
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        hcols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < M
+        hmask = hcols < H
+        dt = A.dtype.element_ty
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, C, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            kmask = ks < C
+            xn = tl.load(XN + rows[:, None].to(tl.int64) * C + ks[None, :], mask=rmask[:, None] & kmask[None, :],
+                         other=0.0)
+            w = tl.load(W1 + hcols[None, :] * C + ks[:, None], mask=kmask[:, None] & hmask[None, :], other=0.0)
+            acc += tl.dot(xn, w.to(dt))
+        b1 = tl.load(B1 + hcols, mask=hmask, other=0.0).to(dt).to(tl.float32)
+        h = (acc + b1[None, :]).to(dt)  # fc1 output, rounded as addmm's
+        offs = rows[:, None].to(tl.int64) * H + hcols[None, :]
+        mask = rmask[:, None] & hmask[None, :]
+        if SAVE:
+            tl.store(HOUT + offs, h, mask=mask)
+        hf = h.to(tl.float32)
+        tl.store(A + offs, (0.5 * hf * (1.0 + tl.erf(hf * 0.7071067811865476))).to(dt), mask=mask)
+
+    @triton.jit
+    def _fc2_residual_fwd(A, W2, B2, X, C1, K, OUT, M, C, H, N_TOK, HAS_C1: tl.constexpr,
+                          K_PER_SAMPLE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr):
+        """``c1 * x + k * (a @ W2^T + b2)`` for a (BLOCK_M, BLOCK_N) tile of the (M, C) output."""
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < M
+        cmask = cols < C
+        dt = A.dtype.element_ty
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, H, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            kmask = ks < H
+            a = tl.load(A + rows[:, None].to(tl.int64) * H + ks[None, :], mask=rmask[:, None] & kmask[None, :],
+                        other=0.0)
+            w = tl.load(W2 + cols[None, :] * H + ks[:, None], mask=kmask[:, None] & cmask[None, :], other=0.0)
+            acc += tl.dot(a, w.to(dt))
+        b2 = tl.load(B2 + cols, mask=cmask, other=0.0).to(dt).to(tl.float32)
+        y = (acc + b2[None, :]).to(dt).to(tl.float32)  # fc2 output, rounded as addmm's
+        offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+        mask = rmask[:, None] & cmask[None, :]
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        out = _residual_tile(x, y, C1, K, rows, rmask, N_TOK, HAS_C1, K_PER_SAMPLE)
+        tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
+
+
+def _mlp_two_launches(x, ln_w, ln_b, w1, b1, w2, b2, c1, k, per_sample, eps, dtype, save, config):
+    """The MLP sublayer as LayerNorm + two GEMM kernels with fused epilogues (fc1 + bias + GELU; fc2 + bias +
+    residual): for wide sublayers, where one program streaming both weight matrices per row tile loses to tiled
+    GEMMs, at the price of writing and reading the (M, H) hidden layer once."""
+    B, N, C = x.shape
+    M, H = B * N, w1.shape[0]
+    (bm1, bn1, bk1, warps1, stages1), (bm2, bn2, bk2, warps2, stages2) = config
+    xn, mean, rstd = _ln.ln_forward(x.view(M, C), ln_w, ln_b, eps, dtype)
+    a = torch.empty((M, H), device=x.device, dtype=dtype)
+    h = torch.empty((M, H) if save else (1, 1), device=x.device, dtype=dtype)
+    _fc1_gelu_fwd[(triton.cdiv(M, bm1), triton.cdiv(H, bn1))](
+        xn, w1, b1, a, h, M, C, H, SAVE=save, BLOCK_M=bm1, BLOCK_N=bn1, BLOCK_K=bk1, num_warps=warps1,
+        num_stages=stages1)
+    out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+    _fc2_residual_fwd[(triton.cdiv(M, bm2), triton.cdiv(C, bn2))](
+        a, w2, b2, x, c1 if c1 is not None else k, k, out, M, C, H, N, HAS_C1=c1 is not None,
+        K_PER_SAMPLE=per_sample, BLOCK_M=bm2, BLOCK_N=bn2, BLOCK_K=bk2, num_warps=warps2, num_stages=stages2)
+    return out, (h if save else None), mean, rstd
+
+
 def _branch_factor(x: torch.Tensor, c2: Optional[torch.Tensor], scale: Optional[torch.Tensor]):
     """``(K, per_sample)``: the branch's factor as a 1-element tensor, or per sample (B,) with drop path."""
     if scale is None:
@@ -125,16 +200,26 @@ def _branch_factor(x: torch.Tensor, c2: Optional[torch.Tensor], scale: Optional[
 
 
 def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps: float,
-                         dtype: torch.dtype, save: bool, tile: Optional[tuple[int, int, int]] = None):
-    """``c1 * x + c2 * s * fc2(gelu(fc1(LN(x))))`` for contiguous x (B, N, C) in one launch.
+                         dtype: torch.dtype, save: bool, tile: Optional[tuple[int, int, int]] = None,
+                         gemm_tile: Optional[tuple[tuple[int, ...], tuple[int, ...]]] = None):
+    """``c1 * x + c2 * s * fc2(gelu(fc1(LN(x))))`` for contiguous x (B, N, C) in one launch (or, for the shapes in
+    :data:`GEMM_TILES`, LayerNorm + two GEMM launches).
 
     Returns ``(out, h, mean, rstd)`` (the last three None unless ``save``), or None where the kernel does not apply.
-    ``tile`` = (BLOCK_M, BLOCK_H, num_warps) overrides the :data:`TILES` lookup (tests, tuning).
+    ``tile`` = (BLOCK_M, BLOCK_H, num_warps) overrides the :data:`TILES` lookup (tests, tuning); ``gemm_tile`` =
+    two (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) overrides :data:`GEMM_TILES` and selects that path.
     """
     if not kernels_available(x, dtype):
         return None
     B, N, C = x.shape
     M, H = B * N, w1.shape[0]
+    gemm_config = gemm_tile or (None if tile else GEMM_TILES.get((C, H, save)))
+    if gemm_config is not None:
+        k, per_sample = _branch_factor(x, c2, scale)
+        try:
+            return _mlp_two_launches(x, ln_w, ln_b, w1, b1, w2, b2, c1, k, per_sample, eps, dtype, save, gemm_config)
+        except triton.runtime.errors.OutOfResources:  # tiles too large for this GPU: the PyTorch ops do it
+            return None
     out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
     h = torch.empty((M, H) if save else (1, 1), device=x.device, dtype=dtype)
     mean = torch.empty(M if save else 1, device=x.device, dtype=torch.float32)
@@ -178,6 +263,12 @@ TILES: dict[tuple[int, int, bool], tuple[int, int, int]] = {
     (256, 256, False): (64, 32, 4),   # T stage 2 NLL, 6.37x
     (256, 256, True): (32, 32, 4),    # 3.47x
 }
+
+
+# (C, H, save) -> ((BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) of fc1, the same of fc2): shapes where LayerNorm + two
+# GEMM launches measured faster than both the one-launch kernel and the PyTorch ops (``benchmarks/
+# tune_sublayer_kernel.py --gemm``). Looked up before :data:`TILES`.
+GEMM_TILES: dict[tuple[int, int, bool], tuple[tuple[int, int, int, int, int], tuple[int, int, int, int, int]]] = {}
 
 
 def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale) -> Optional[torch.Tensor]:
