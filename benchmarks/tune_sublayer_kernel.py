@@ -35,9 +35,10 @@ SHAPES = [  # (name, M, C, H)
 ]
 
 
-GEMM_CONFIGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): the usual Hopper/Ampere matmul tiles, a few small ones
+GEMM_CONFIGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): the usual Hopper/Ampere matmul tiles, a few small ones;
+    # BLOCK_K must divide 64 (the padding of the K dimensions)
     (128, 128, 64, 8, 3), (128, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 128, 32, 8, 4), (64, 64, 64, 4, 3),
-    (128, 256, 64, 8, 3), (64, 256, 32, 8, 3), (128, 64, 32, 4, 4), (64, 64, 32, 4, 4), (128, 32, 64, 4, 3),
+    (128, 256, 64, 8, 3), (64, 256, 32, 8, 3), (128, 64, 32, 4, 4), (256, 64, 64, 8, 3), (128, 32, 64, 4, 3),
 ]
 
 
@@ -56,8 +57,10 @@ def tune_gemm(args: argparse.Namespace) -> int:
         w1, b1 = torch.randn(H, C, device=dev) / C**0.5, torch.randn(H, device=dev)
         w2, b2 = torch.randn(C, H, device=dev) / H**0.5, torch.randn(C, device=dev)
         c1, c2 = torch.ones(1, device=dev), torch.ones(1, device=dev)
-        xn = torch.randn(M, C, device=dev, dtype=dt)
-        a = torch.randn(M, H, device=dev, dtype=dt)
+        cp, hp = triton.cdiv(C, 64) * 64, triton.cdiv(H, 64) * 64
+        xn = torch.randn(M, cp, device=dev, dtype=dt)
+        a = torch.randn(M, hp, device=dev, dtype=dt)
+        w1p, w2p = K._padded(w1, hp, cp, dt), K._padded(w2, C, hp, dt)
         h = torch.empty((1, 1), device=dev, dtype=dt)
         out = torch.empty_like(x)
         fc1, fc2 = [], []
@@ -66,19 +69,19 @@ def tune_gemm(args: argparse.Namespace) -> int:
             if time.time() > deadline:
                 break
 
-            def k1(bm=bm, bn=bn, bk=bk, warps=warps, stages=stages, xn=xn, w1=w1, b1=b1, a=a, h=h, M=M, C=C, H=H):
-                K._fc1_gelu_fwd[(triton.cdiv(M, bm), triton.cdiv(H, bn))](
-                    xn, w1, b1, a, h, M, C, H, SAVE=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+            def k1(bm=bm, bn=bn, bk=bk, warps=warps, stages=stages, xn=xn, w1p=w1p, b1=b1, a=a, h=h, M=M, H=H,
+                   cp=cp, hp=hp):
+                K._fc1_gelu_fwd[(triton.cdiv(M, bm), triton.cdiv(hp, bn))](
+                    xn, w1p, b1, a, h, M, H, cp, hp, SAVE=False, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
                     num_stages=stages)
 
-            def k2(bm=bm, bn=bn, bk=bk, warps=warps, stages=stages, a=a, w2=w2, b2=b2, x=x, c1=c1, c2=c2, out=out,
-                   M=M, C=C, H=H, N=N):
+            def k2(bm=bm, bn=bn, bk=bk, warps=warps, stages=stages, a=a, w2p=w2p, b2=b2, x=x, c1=c1, c2=c2,
+                   out=out, M=M, C=C, N=N, hp=hp):
                 K._fc2_residual_fwd[(triton.cdiv(M, bm), triton.cdiv(C, bn))](
-                    a, w2, b2, x, c1, c2, out, M, C, H, N, HAS_C1=True, K_PER_SAMPLE=False, BLOCK_M=bm, BLOCK_N=bn,
+                    a, w2p, b2, x, c1, c2, out, M, C, hp, N, HAS_C1=True, K_PER_SAMPLE=False, BLOCK_M=bm, BLOCK_N=bn,
                     BLOCK_K=bk, num_warps=warps, num_stages=stages)
 
-            for fn, sink, useful in ((k1, fc1, bk <= max(16, triton.next_power_of_2(C))),
-                                     (k2, fc2, bn <= max(16, triton.next_power_of_2(C)))):
+            for fn, sink, useful in ((k1, fc1, bn <= hp), (k2, fc2, bn <= max(64, triton.next_power_of_2(C)))):
                 if not useful:
                     continue
                 try:

@@ -48,10 +48,11 @@ def fast_layer_norm_available(x: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _ln_fwd(X, Y, W, B, Mean, Rstd, M, C, Y_STRIDE, eps, PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_C: tl.constexpr):
-        # With PAD > 0 each output row is followed by PAD extra columns holding (1, 0, ..., 0): a weight-gradient
-        # GEMM against this matrix then yields the bias gradient as its extra column (no separate reduction pass).
+    def _ln_fwd(X, Y, W, B, Mean, Rstd, M, C, Y_STRIDE, eps, PAD: tl.constexpr, ONES: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+        # With PAD > 0 each output row is followed by PAD (<= 8) extra columns, zero, or with ONES (1, 0, ..., 0): a
+        # weight-gradient GEMM against that matrix then yields the bias gradient as its extra column (no separate
+        # reduction pass); zero padding gives 16-byte aligned rows for the GEMM kernels.
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.arange(0, BLOCK_C)
         rmask = rows < M
@@ -70,7 +71,7 @@ if triton is not None:
         tl.store(Y + yrow + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
         if PAD > 0:
             pcols = tl.arange(0, 8)
-            ones = tl.where(pcols == 0, 1.0, 0.0)[None, :] + tl.zeros((BLOCK_M, 8), dtype=tl.float32)
+            ones = tl.where((pcols == 0) & ONES, 1.0, 0.0)[None, :] + tl.zeros((BLOCK_M, 8), dtype=tl.float32)
             tl.store(Y + yrow + C + pcols[None, :], ones.to(Y.dtype.element_ty),
                      mask=rmask[:, None] & (pcols < PAD)[None, :])
         tl.store(Mean + rows, mean, mask=rmask)
@@ -143,20 +144,24 @@ def ones_column_width(C: int) -> int:
 
 
 def ln_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-               out_dtype: torch.dtype, ones_column: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               out_dtype: torch.dtype, ones_column: bool = False, width: Optional[int] = None,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LayerNorm of contiguous rows ``x2`` (M, C): ``(y in out_dtype, mean (M,), rstd (M,))``, float32 statistics.
 
     With ``ones_column`` y is (M, :func:`ones_column_width`) with column C all ones and the rest of the padding zero:
-    ``dz.T @ y`` then holds the weight gradient in its first C columns and the bias gradient in column C.
+    ``dz.T @ y`` then holds the weight gradient in its first C columns and the bias gradient in column C. Otherwise
+    ``width`` (C to C + 8) gives rows of that many columns, the extra ones zero.
     """
     M, C = x2.shape
-    width = ones_column_width(C) if ones_column else C
+    width = ones_column_width(C) if ones_column else (width or C)
+    if not C <= width <= C + 8:
+        raise ValueError(f"ln_forward: width {width} must be within C = {C} and C + 8")
     y = torch.empty((M, width), device=x2.device, dtype=out_dtype)
     mean = torch.empty(M, device=x2.device, dtype=torch.float32)
     rstd = torch.empty(M, device=x2.device, dtype=torch.float32)
     block_m, block_c = _tiling(C)
     _ln_fwd[(triton.cdiv(M, block_m),)](x2, y, weight, bias, mean, rstd, M, C, width, eps, PAD=width - C,
-                                        BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
+                                        ONES=ones_column, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
     return y, mean, rstd
 
 

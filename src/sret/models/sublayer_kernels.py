@@ -120,49 +120,60 @@ if triton is not None:
 if triton is not None:
 
     @triton.jit
-    def _fc1_gelu_fwd(XN, W1, B1, A, HOUT, M, C, H, SAVE: tl.constexpr, BLOCK_M: tl.constexpr,
+    def _fc1_gelu_fwd(XN, W1, B1, A, HOUT, M, H, CP, HP, SAVE: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        """``a = gelu(xn @ W1^T + b1)`` (and ``h = xn @ W1^T + b1`` with SAVE) for a (BLOCK_M, BLOCK_N) tile."""
+        """``a = gelu(xn @ W1^T + b1)`` (and ``h`` = the fc1 output with SAVE) for a (BLOCK_M, BLOCK_N) tile.
+
+        xn (M, CP) and W1 (HP, CP) are in the compute dtype with zero padding, CP a multiple of BLOCK_K, so the
+        K loop needs no mask; a is (M, HP) (padding columns come out as gelu(0) = 0), h is (M, H).
+        """
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         hcols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < M
-        hmask = hcols < H
-        dt = A.dtype.element_ty
+        nmask = hcols < HP
+        ks = tl.arange(0, BLOCK_K)
+        x_ptr = XN + rows[:, None].to(tl.int64) * CP + ks[None, :]
+        w_ptr = W1 + hcols[:, None] * CP + ks[None, :]
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, C, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            kmask = ks < C
-            xn = tl.load(XN + rows[:, None].to(tl.int64) * C + ks[None, :], mask=rmask[:, None] & kmask[None, :],
-                         other=0.0)
-            w = tl.load(W1 + hcols[None, :] * C + ks[:, None], mask=kmask[:, None] & hmask[None, :], other=0.0)
-            acc += tl.dot(xn, w.to(dt))
-        b1 = tl.load(B1 + hcols, mask=hmask, other=0.0).to(dt).to(tl.float32)
+        for _ in range(0, CP, BLOCK_K):
+            xn = tl.load(x_ptr, mask=rmask[:, None], other=0.0)
+            w = tl.load(w_ptr, mask=nmask[:, None], other=0.0)
+            acc += tl.dot(xn, tl.trans(w))
+            x_ptr += BLOCK_K
+            w_ptr += BLOCK_K
+        dt = A.dtype.element_ty
+        b1 = tl.load(B1 + hcols, mask=hcols < H, other=0.0).to(dt).to(tl.float32)
         h = (acc + b1[None, :]).to(dt)  # fc1 output, rounded as addmm's
-        offs = rows[:, None].to(tl.int64) * H + hcols[None, :]
-        mask = rmask[:, None] & hmask[None, :]
         if SAVE:
-            tl.store(HOUT + offs, h, mask=mask)
+            tl.store(HOUT + rows[:, None].to(tl.int64) * H + hcols[None, :], h,
+                     mask=rmask[:, None] & (hcols < H)[None, :])
         hf = h.to(tl.float32)
-        tl.store(A + offs, (0.5 * hf * (1.0 + tl.erf(hf * 0.7071067811865476))).to(dt), mask=mask)
+        tl.store(A + rows[:, None].to(tl.int64) * HP + hcols[None, :],
+                 (0.5 * hf * (1.0 + tl.erf(hf * 0.7071067811865476))).to(dt), mask=rmask[:, None] & nmask[None, :])
 
     @triton.jit
-    def _fc2_residual_fwd(A, W2, B2, X, C1, K, OUT, M, C, H, N_TOK, HAS_C1: tl.constexpr,
+    def _fc2_residual_fwd(A, W2, B2, X, C1, K, OUT, M, C, HP, N_TOK, HAS_C1: tl.constexpr,
                           K_PER_SAMPLE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           BLOCK_K: tl.constexpr):
-        """``c1 * x + k * (a @ W2^T + b2)`` for a (BLOCK_M, BLOCK_N) tile of the (M, C) output."""
+        """``c1 * x + k * (a @ W2^T + b2)`` for a (BLOCK_M, BLOCK_N) tile of the (M, C) output.
+
+        a (M, HP) and W2 (C, HP) are in the compute dtype with zero padding, HP a multiple of BLOCK_K.
+        """
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < M
         cmask = cols < C
-        dt = A.dtype.element_ty
+        ks = tl.arange(0, BLOCK_K)
+        a_ptr = A + rows[:, None].to(tl.int64) * HP + ks[None, :]
+        w_ptr = W2 + cols[:, None] * HP + ks[None, :]
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, H, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            kmask = ks < H
-            a = tl.load(A + rows[:, None].to(tl.int64) * H + ks[None, :], mask=rmask[:, None] & kmask[None, :],
-                        other=0.0)
-            w = tl.load(W2 + cols[None, :] * H + ks[:, None], mask=kmask[:, None] & cmask[None, :], other=0.0)
-            acc += tl.dot(a, w.to(dt))
+        for _ in range(0, HP, BLOCK_K):
+            a = tl.load(a_ptr, mask=rmask[:, None], other=0.0)
+            w = tl.load(w_ptr, mask=cmask[:, None], other=0.0)
+            acc += tl.dot(a, tl.trans(w))
+            a_ptr += BLOCK_K
+            w_ptr += BLOCK_K
+        dt = A.dtype.element_ty
         b2 = tl.load(B2 + cols, mask=cmask, other=0.0).to(dt).to(tl.float32)
         y = (acc + b2[None, :]).to(dt).to(tl.float32)  # fc2 output, rounded as addmm's
         offs = rows[:, None].to(tl.int64) * C + cols[None, :]
@@ -172,23 +183,42 @@ if triton is not None:
         tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
 
+_GEMM_PAD = 64  # K dimensions (C, H) are padded to a multiple of this: every BLOCK_K used divides it
+
+
+def _padded(w: torch.Tensor, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+    """``w`` in ``dtype``, zero-padded to (rows, cols)."""
+    if w.shape == (rows, cols):
+        return w.to(dtype).contiguous()
+    out = w.new_zeros((rows, cols), dtype=dtype)
+    out[: w.shape[0], : w.shape[1]] = w
+    return out
+
+
 def _mlp_two_launches(x, ln_w, ln_b, w1, b1, w2, b2, c1, k, per_sample, eps, dtype, save, config):
     """The MLP sublayer as LayerNorm + two GEMM kernels with fused epilogues (fc1 + bias + GELU; fc2 + bias +
     residual): for wide sublayers, where one program streaming both weight matrices per row tile loses to tiled
-    GEMMs, at the price of writing and reading the (M, H) hidden layer once."""
+    GEMMs, at the price of writing and reading the (M, H) hidden layer once. The weights are rounded to the compute
+    dtype and zero-padded once per call (C, H to multiples of 64: 16-byte aligned rows, no masks in the K loops)."""
     B, N, C = x.shape
     M, H = B * N, w1.shape[0]
     (bm1, bn1, bk1, warps1, stages1), (bm2, bn2, bk2, warps2, stages2) = config
-    xn, mean, rstd = _ln.ln_forward(x.view(M, C), ln_w, ln_b, eps, dtype)
-    a = torch.empty((M, H), device=x.device, dtype=dtype)
+    if _GEMM_PAD % bk1 or _GEMM_PAD % bk2:
+        raise ValueError(f"GEMM tiles {config}: BLOCK_K must divide {_GEMM_PAD}")
+    cp, hp = triton.cdiv(C, _GEMM_PAD) * _GEMM_PAD, triton.cdiv(H, _GEMM_PAD) * _GEMM_PAD
+    if cp - C > 8:  # the LayerNorm kernel pads rows by at most 8 columns
+        return None
+    xn, mean, rstd = _ln.ln_forward(x.view(M, C), ln_w, ln_b, eps, dtype, width=cp)  # (M, cp)
+    a = torch.empty((M, hp), device=x.device, dtype=dtype)
     h = torch.empty((M, H) if save else (1, 1), device=x.device, dtype=dtype)
-    _fc1_gelu_fwd[(triton.cdiv(M, bm1), triton.cdiv(H, bn1))](
-        xn, w1, b1, a, h, M, C, H, SAVE=save, BLOCK_M=bm1, BLOCK_N=bn1, BLOCK_K=bk1, num_warps=warps1,
-        num_stages=stages1)
+    _fc1_gelu_fwd[(triton.cdiv(M, bm1), triton.cdiv(hp, bn1))](
+        xn, _padded(w1, hp, cp, dtype), b1, a, h, M, H, cp, hp, SAVE=save, BLOCK_M=bm1, BLOCK_N=bn1, BLOCK_K=bk1,
+        num_warps=warps1, num_stages=stages1)
     out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
     _fc2_residual_fwd[(triton.cdiv(M, bm2), triton.cdiv(C, bn2))](
-        a, w2, b2, x, c1 if c1 is not None else k, k, out, M, C, H, N, HAS_C1=c1 is not None,
-        K_PER_SAMPLE=per_sample, BLOCK_M=bm2, BLOCK_N=bn2, BLOCK_K=bk2, num_warps=warps2, num_stages=stages2)
+        a, _padded(w2, C, hp, dtype), b2, x, c1 if c1 is not None else k, k, out, M, C, hp, N,
+        HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, BLOCK_M=bm2, BLOCK_N=bn2, BLOCK_K=bk2, num_warps=warps2,
+        num_stages=stages2)
     return out, (h if save else None), mean, rstd
 
 
