@@ -158,10 +158,10 @@ def test_triton_layernorm_matches_reference_in_interpreter():
 
 
 def test_sublayer_kernel_declines_untuned_shapes():
-    """Shapes where the kernel lost to the PyTorch ops (not in ``TILES``, e.g. SReT-S's) are handed back (None)."""
+    """Shapes where both kernel paths lost to the PyTorch ops (in neither ``TILES`` nor ``GEMM_TILES``, e.g. SReT-S's
+    last-stage MLP in training) are handed back (None)."""
     import torch
 
-    import itertools
     from sret.models import sublayer_kernels as K
 
     if K.triton is None:
@@ -172,7 +172,8 @@ def test_sublayer_kernel_declines_untuned_shapes():
     os.environ["TRITON_INTERPRET"] = "1"
     try:
         got = K.mlp_residual_forward(x, ones, ones, w1, torch.zeros(1512), w2, ones, c, c, None, 1e-6,
-                                     torch.float16, save=False)
+                                     torch.float16, save=True)
     finally:
         del os.environ["TRITON_INTERPRET"]
+    assert (504, 1512, True) not in K.TILES and (504, 1512, True) not in K.GEMM_TILES
     assert got is None

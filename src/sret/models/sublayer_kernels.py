@@ -296,9 +296,26 @@ TILES: dict[tuple[int, int, bool], tuple[int, int, int]] = {
 
 
 # (C, H, save) -> ((BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) of fc1, the same of fc2): shapes where LayerNorm + two
-# GEMM launches measured faster than both the one-launch kernel and the PyTorch ops (``benchmarks/
-# tune_sublayer_kernel.py --gemm``). Looked up before :data:`TILES`.
-GEMM_TILES: dict[tuple[int, int, bool], tuple[tuple[int, int, int, int, int], tuple[int, int, int, int, int]]] = {}
+# GEMM launches measured at least 5 % faster than both the one-launch kernel and the PyTorch ops (``benchmarks/
+# tune_sublayer_kernel.py --gemm``, then ``benchmarks/ab_gemm_tiles.py``). Looked up before :data:`TILES`.
+# Measured on an H100 at batch 256 (``benchmarks/results/gemm_path_run8/``; time of the sublayer forward against the
+# better of the one-launch kernel and the PyTorch ops in the comments). Where absent, LN + 2 GEMMs lost or tied.
+GEMM_TILES: dict[tuple[int, int, bool], tuple[tuple[int, int, int, int, int], tuple[int, int, int, int, int]]] = {
+    (128, 460, True): ((64, 128, 64, 4, 3), (64, 128, 64, 4, 3)),     # T stage 1 MLP, training: 0.169 vs 0.244 ms
+    (256, 921, False): ((64, 64, 64, 4, 3), (64, 128, 64, 4, 3)),     # T stage 2 MLP: 0.103 vs 0.236
+    (256, 921, True): ((64, 64, 64, 4, 3), (64, 128, 64, 4, 3)),      # 0.100 vs 0.237
+    (126, 378, False): ((64, 128, 64, 4, 3), (64, 128, 64, 4, 3)),    # S stage 0 MLP: 0.436 vs 0.726
+    (126, 378, True): ((64, 128, 64, 4, 3), (64, 128, 64, 4, 3)),     # 0.541 vs 0.725
+    (126, 252, False): ((64, 128, 64, 4, 3), (64, 128, 64, 4, 3)),    # S stage 0 NLL: 0.359 vs 0.602
+    (126, 252, True): ((64, 128, 64, 4, 3), (64, 128, 64, 4, 3)),     # 0.426 vs 0.605
+    (252, 756, False): ((64, 128, 64, 4, 3), (64, 128, 64, 4, 3)),    # S stage 1 MLP: 0.297 vs 0.439
+    (252, 756, True): ((64, 128, 64, 4, 3), (64, 128, 64, 4, 3)),     # 0.358 vs 0.441
+    (252, 504, False): ((64, 128, 64, 4, 3), (64, 256, 32, 8, 3)),    # S stage 1 NLL: 0.241 vs 0.350
+    (252, 504, True): ((64, 128, 64, 4, 3), (64, 256, 32, 8, 3)),     # 0.278 vs 0.353
+    (504, 1512, False): ((64, 128, 64, 4, 3), (128, 64, 64, 4, 3)),   # S stage 2 MLP: 0.201 vs 0.212
+    (504, 1008, False): ((128, 256, 64, 8, 3), (128, 64, 64, 4, 3)),  # S stage 2 NLL: 0.306 vs 0.479
+    (504, 1008, True): ((128, 256, 64, 8, 3), (128, 64, 64, 4, 3)),   # 0.263 vs 0.454
+}
 
 
 def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale) -> Optional[torch.Tensor]:
