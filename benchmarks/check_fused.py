@@ -36,14 +36,14 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", default="sret_t")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--drop-path", type=float, default=0.1)
-    args = parser.parse_args(argv)
+    args = parser.parse_args()
     torch.manual_seed(0)
     model = sret.create_model(args.model, img_size=args.img_size, drop_path_rate=args.drop_path).train()
     with torch.no_grad():

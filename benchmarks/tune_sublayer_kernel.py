@@ -7,7 +7,6 @@ best config per shape and whether it beats PyTorch; ``--out`` gets the full tabl
 
     PYTHONPATH=src python3 benchmarks/tune_sublayer_kernel.py --out $OUT
     PYTHONPATH=src python3 benchmarks/tune_sublayer_kernel.py --gemm --out $OUT   # the LN + 2 GEMMs path
-    PYTHONPATH=src python3 benchmarks/tune_sublayer_kernel.py --dgelu --out $OUT  # backward through fc2 + GELU
 """
 
 from __future__ import annotations
@@ -121,58 +120,15 @@ def tune_gemm(args: argparse.Namespace) -> int:
     return 0
 
 
-def tune_dgelu(args: argparse.Namespace) -> int:
-    """The MLP backward through fc2 and GELU (``DGELU_TILES``) against mm + gelu + gelu_backward, per shape."""
-    deadline = time.time() + args.deadline
-    dev, dt = "cuda", torch.bfloat16
-    table = []
-    for name, M, C, H in SHAPES:
-        g = torch.randn(M, C, device=dev)
-        w2 = torch.randn(C, H, device=dev) / H**0.5
-        c2 = torch.full((1,), 1.1, device=dev)
-        h = torch.randn(M, H, device=dev, dtype=dt)
-
-        def ops(g=g, w2=w2, c2=c2, h=h):
-            da = torch.mm(g.to(dt), (w2 * c2).to(dt))
-            torch.nn.functional.gelu(h)
-            torch.ops.aten.gelu_backward(da, h)
-
-        torch_ms = do_bench(ops, return_mode="median")
-        configs = []
-        for cfg in GEMM_CONFIGS:
-            if time.time() > deadline:
-                break
-            try:
-                ms = do_bench(lambda cfg=cfg, g=g, w2=w2, c2=c2, h=h: K.mlp_fc2_gelu_backward(g, w2, c2, h, dt, tile=cfg),
-                              warmup=10, rep=40, return_mode="median")
-            except Exception as err:  # noqa: BLE001  out of shared memory / registers: not a candidate
-                print(f"  {name} {cfg}: {type(err).__name__}", flush=True)
-                continue
-            configs.append((ms, cfg))
-        if not configs:
-            continue
-        best_ms, best = min(configs)
-        table.append({"shape": name, "M": M, "C": C, "H": H, "torch_ms": torch_ms, "kernel_ms": best_ms, "tile": best,
-                      "configs": configs})
-        print(f"{name:9s} dgelu: torch {torch_ms:.3f} ms | kernel {best_ms:.3f} ms {best} -> {torch_ms / best_ms:.2f}x",
-              flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tune_dgelu.json").write_text(json.dumps(table, indent=1))
-    return 0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     parser.add_argument("--deadline", type=float, default=480.0, help="seconds; configs after it are skipped")
     parser.add_argument("--gemm", action="store_true", help="tune the LayerNorm + two GEMM path instead")
-    parser.add_argument("--dgelu", action="store_true", help="tune the fused backward through fc2 and GELU instead")
     parser.add_argument("--all-shapes", action="store_true", help="with --gemm: SReT-T's NLL shapes too")
     args = parser.parse_args()
     if args.gemm:
         return tune_gemm(args)
-    if args.dgelu:
-        return tune_dgelu(args)
     deadline = time.time() + args.deadline
     dev, dt = "cuda", torch.bfloat16
     table = []

@@ -190,15 +190,9 @@ class _MlpResidual(torch.autograd.Function):
         B, N, C = x.shape
         g = g.contiguous()
         g_s = g if scale is None else g * scale.view(B, 1, 1)  # d out / d (c2 * branch)
-        g_s2 = g_s.view(B * N, C)
-        fused = _kernels.mlp_fc2_gelu_backward(g_s2, w2, c2, h, dtype) if triton else None
-        if fused is not None:  # one GEMM kernel: dh and the recomputed GELU output from one read of h
-            g16, dh, a = fused
-            gw2 = torch.mm(g16.t(), a).to(w2.dtype)
-        else:
-            a = F.gelu(h)  # recomputed: saving it would double the MLP's saved bytes
-            da, gw2 = _projection_grads(g_s2, a, w2, c2, dtype)
-            dh = torch.ops.aten.gelu_backward(da, h)  # (B*N, hidden)
+        a = F.gelu(h)  # recomputed: saving it would double the MLP's saved bytes
+        da, gw2 = _projection_grads(g_s.view(B * N, C), a, w2, c2, dtype)
+        dh = torch.ops.aten.gelu_backward(da, h)  # (B*N, hidden)
         dx, dlw, dlb, dw1, db1, dc1, gb2 = _ln_linear_backward(dh, x, ln_w, ln_b, w1, mean, rstd, g, c1, scale,
                                                                ctx.eps, dtype, triton)
         dw2, db2, dc2 = _finish_projection(gw2, gb2, w2, b2, c2)

@@ -183,38 +183,6 @@ if triton is not None:
         tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
 
-    @triton.jit
-    def _dgelu_bwd(G, W2, HS, DH, A, M, H, CP, HP, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr):
-        """MLP backward through fc2 and GELU for a (BLOCK_M, BLOCK_N) tile: ``dh = (g @ W2) * gelu'(h)`` and, from
-        the same read of h, ``a = gelu(h)`` (the fc2 input, needed for fc2's weight gradient).
-
-        g (M, CP) and W2 (CP, HP) are in the compute dtype with zero padding, CP a multiple of BLOCK_K; h, dh and a
-        are (M, H). Rounding as autograd's: ``g @ W2`` rounded to the compute dtype, then ``gelu_backward`` in float32.
-        """
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        hcols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        rmask = rows < M
-        ks = tl.arange(0, BLOCK_K)
-        g_ptr = G + rows[:, None].to(tl.int64) * CP + ks[None, :]
-        w_ptr = W2 + ks[:, None] * HP + hcols[None, :]
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for _ in range(0, CP, BLOCK_K):
-            g = tl.load(g_ptr, mask=rmask[:, None], other=0.0)
-            w = tl.load(w_ptr, mask=(hcols < HP)[None, :], other=0.0)
-            acc += tl.dot(g, w)
-            g_ptr += BLOCK_K
-            w_ptr += BLOCK_K * HP
-        dt = G.dtype.element_ty
-        da = acc.to(dt).to(tl.float32)  # d(fc2 input), rounded as the mm's output
-        offs = rows[:, None].to(tl.int64) * H + hcols[None, :]
-        mask = rmask[:, None] & (hcols < H)[None, :]
-        hf = tl.load(HS + offs, mask=mask, other=0.0).to(tl.float32)
-        cdf = 0.5 * (1.0 + tl.erf(hf * 0.7071067811865476))
-        pdf = tl.exp(-0.5 * hf * hf) * 0.3989422804014327
-        tl.store(DH + offs, (da * (cdf + hf * pdf)).to(dt), mask=mask)
-        tl.store(A + offs, (hf * cdf).to(dt), mask=mask)
-
 _GEMM_PAD = 64  # K dimensions (C, H) are padded to a multiple of this: every BLOCK_K used divides it
 
 
@@ -348,47 +316,6 @@ GEMM_TILES: dict[tuple[int, int, bool], tuple[tuple[int, int, int, int, int], tu
     (504, 1008, False): ((128, 256, 64, 8, 3), (128, 64, 64, 4, 3)),  # S stage 2 NLL: 0.306 vs 0.479
     (504, 1008, True): ((128, 256, 64, 8, 3), (128, 64, 64, 4, 3)),   # 0.263 vs 0.454
 }
-
-
-# (C, H) -> (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) of ``_dgelu_bwd``: MLP/NLL shapes where the fused backward
-# through fc2 and GELU measured faster than mm + gelu + gelu_backward (``benchmarks/tune_sublayer_kernel.py
-# --dgelu``). Elsewhere the PyTorch ops run.
-DGELU_TILES: dict[tuple[int, int], tuple[int, int, int, int, int]] = {}
-
-
-def mlp_fc2_gelu_backward(g_s: torch.Tensor, w2: torch.Tensor, c2: Optional[torch.Tensor], h: torch.Tensor,
-                          dtype: torch.dtype, tile: Optional[tuple[int, int, int, int, int]] = None):
-    """``(g16, dh, a)``: ``g_s`` (M, C) in the compute dtype, ``dh = gelu'(h) * (g_s @ (c2 * w2))`` and
-    ``a = gelu(h)``, with one GEMM kernel; None where it does not apply (then the caller runs the PyTorch ops).
-
-    ``g16`` may be a column slice of a zero-padded buffer (strides (CP, 1)); cuBLAS takes it as it is.
-    """
-    M, C = g_s.shape
-    H = h.shape[1]
-    config = tile or DGELU_TILES.get((C, H))
-    if config is None or dtype not in _DTYPES or not _device_ok(h):
-        return None
-    bm, bn, bk, warps, stages = config
-    if _GEMM_PAD % bk:
-        raise ValueError(f"dgelu tile {config}: BLOCK_K must divide {_GEMM_PAD}")
-    cp, hp = triton.cdiv(C, _GEMM_PAD) * _GEMM_PAD, triton.cdiv(H, _GEMM_PAD) * _GEMM_PAD
-    if cp == C:
-        g16 = g_s.to(dtype).contiguous()
-        gp = g16
-    else:
-        gp = g_s.new_empty((M, cp), dtype=dtype)
-        gp[:, C:].zero_()
-        gp[:, :C] = g_s
-        g16 = gp[:, :C]
-    dh = torch.empty((M, H), device=h.device, dtype=dtype)
-    a = torch.empty((M, H), device=h.device, dtype=dtype)
-    try:
-        _dgelu_bwd[(triton.cdiv(M, bm), triton.cdiv(hp, bn))](
-            gp, _padded(w2 * c2 if c2 is not None else w2, cp, hp, dtype), h, dh, a, M, H, cp, hp, BLOCK_M=bm,
-            BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
-    except triton.runtime.errors.OutOfResources:
-        return None
-    return g16, dh, a
 
 
 def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale) -> Optional[torch.Tensor]:
