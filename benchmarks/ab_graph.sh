@@ -21,6 +21,6 @@ B="python3 -m sret.benchmark --batch-size 256 --warmup 5 --iters 20 --repeats 3 
       PYTHONPATH=$pp $B --models $MODELS --results-file "$W/graph_${v}_r$r.json"
     done
   done
-  python3 benchmarks/profile_step.py --out "$W" --models sret_t ${PROFILE_BENCHES:+--benches $PROFILE_BENCHES}
+  python3 benchmarks/profile_step.py --out "$W" --models ${PROFILE_MODELS:-sret_t} ${PROFILE_BENCHES:+--benches $PROFILE_BENCHES}
 } 2>&1 | grep -v -i warn | tee "$OUT/log.txt" | grep -E "img/s|rror|OK|FAIL|logits|median|===|Traceback"
 tar czf "$OUT/ab.tgz" -C "$W" . && rm -rf "$W"

@@ -114,6 +114,11 @@ class SlicedGroupAttention(nn.Module):
     ) -> torch.Tensor:
         """The attention core, between the ``qkv`` and ``proj`` Linears: q/k/v ``(B, N, 3C)`` -> ``(B, N, C)``.
 
+        ``qkv`` may also carry each head zero-padded to a width ``D' > head_dim`` (``(B, N, 3 * heads * D')``, from
+        a qkv weight with zero rows there); the output is then ``(B, N, heads * D')`` with zeros in the padding and
+        the scale stays ``head_dim ** -0.5``. The fused sublayers use this for head dims that are not a multiple of
+        8 (SReT-S: 42), which the flash kernels would otherwise pad and unpad with copies on every call.
+
         Args:
             qkv: Projected tokens in row-major grid order.
             groups: Number of contiguous chunks; ``N`` must be divisible by it (the stage checks and explains).
@@ -123,9 +128,10 @@ class SlicedGroupAttention(nn.Module):
             inv_perm: Inverse of ``perm`` if the caller already has it.
         """
         B, N, C3 = qkv.shape
-        G, H, D = groups, self.num_heads, self.head_dim
+        G, H = groups, self.num_heads
+        D = C3 // (3 * H)  # head_dim, or the padded head width
         C = H * D
-        torch._assert(C3 == 3 * C, "qkv must have 3 * dim channels")
+        torch._assert(C3 == 3 * C and D >= self.head_dim, "qkv must have 3 * heads * (head_dim or more) channels")
         torch._assert(N % G == 0, "token count must be divisible by the number of groups")
         n = N // G
         if perm is not None:
@@ -139,7 +145,8 @@ class SlicedGroupAttention(nn.Module):
             attn = self.attn_drop(attn.softmax(dim=-1))
             out = attn @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0,
+                                                 scale=self.scale)
         out = out.reshape(B, G, H, n, D).permute(0, 1, 3, 2, 4).reshape(B, N, C)  # (B, N, C), shuffled order
         if perm is not None:
             out = gather_tokens(out, inv_perm, perm)  # (B, N, C), back to grid order

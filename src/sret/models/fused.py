@@ -200,48 +200,74 @@ class _MlpResidual(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------------------- the attention sublayer
+def _pad_heads(t: torch.Tensor, heads: int, head_dim: int, width: int) -> torch.Tensor:
+    """Rows of ``t`` (parts * heads * head_dim, ...), grouped by head, each head zero-padded to ``width`` rows."""
+    rest = t.shape[1:]
+    v = t.reshape(-1, heads, head_dim, *rest)  # (parts, heads, head_dim, ...)
+    return F.pad(v, [0, 0] * len(rest) + [0, width - head_dim]).reshape(-1, *rest)
+
+
+def _unpad_heads(t: torch.Tensor, heads: int, width: int, head_dim: int) -> torch.Tensor:
+    """Inverse of :func:`_pad_heads`: the first ``head_dim`` of every ``width`` rows of each head."""
+    rest = t.shape[1:]
+    return t.reshape(-1, heads, width, *rest)[:, :, :head_dim].reshape(-1, *rest)
+
+
 class _AttnResidual(torch.autograd.Function):
     """``c1 * x + c2 * s * proj(attend(qkv(LN(x))))``; ``attend`` maps q/k/v (B, N, 3C) to (B, N, C).
 
     ``attend`` (grouping, permutation, attention kernel) is re-run in backward under autograd to get d qkv: the
-    fused attention kernels' own backward is used and nothing but q/k/v is kept between the passes.
+    fused attention kernels' own backward is used and nothing but q/k/v is kept between the passes. With
+    ``width`` > 0 every head is carried ``width`` wide instead of ``C / heads``: the qkv weight and bias get zero
+    rows and the proj weight zero columns there (see ``SlicedGroupAttention.attend``), so q/k/v come out of the GEMM
+    already in the layout the flash kernels need and no activation is padded or unpadded.
     """
 
     @staticmethod
     def forward(ctx, x, ln_w, ln_b, wqkv, bqkv, wp, bp, c1, c2, scale, eps: float, dtype: torch.dtype,
-                attend: Callable[[torch.Tensor], torch.Tensor]):
+                attend: Callable[[torch.Tensor], torch.Tensor], heads: int, width: int):
         B, N, C = x.shape
         triton = _use_triton(x)
+        if width:
+            wqkv_e = _pad_heads(wqkv, heads, C // heads, width)  # (3 * heads * width, C), zero rows in the padding
+            bqkv_e = _pad_heads(bqkv, heads, C // heads, width)
+            wp_e = _pad_heads(wp.t(), heads, C // heads, width).t()  # (C, heads * width), zero columns there
+        else:
+            wqkv_e, bqkv_e, wp_e = wqkv, bqkv, wp
         x2 = x.reshape(B * N, C)
         with torch.autocast(x.device.type, enabled=False):
             xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)
-            qkv = torch.addmm(bqkv.to(dtype), xn, wqkv.to(dtype).t()).view(B, N, -1)  # (B, N, 3C)
-            o = attend(qkv).reshape(B * N, C)  # (B*N, C), grid token order
-            y = torch.addmm(bp.to(dtype), o, wp.to(dtype).t()).view(B, N, C)
+            qkv = torch.addmm(bqkv_e.to(dtype), xn, wqkv_e.to(dtype).t()).view(B, N, -1)  # (B, N, 3 * heads * D)
+            o = attend(qkv).reshape(B * N, -1)  # (B*N, heads * D), grid token order
+            y = torch.addmm(bp.to(dtype), o, wp_e.to(dtype).t()).view(B, N, C)
             out = _kernels.residual_forward(x, y, c1, c2, scale) if triton else None
             if out is None:
                 out = _residual(x, y, c1, _branch_scale(c2, scale, B))
-        ctx.save_for_backward(x, ln_w, ln_b, wqkv, wp, bp, c1, c2, scale, qkv, mean, rstd)
-        ctx.eps, ctx.dtype, ctx.triton, ctx.attend = eps, dtype, triton, attend
+        ctx.save_for_backward(x, ln_w, ln_b, wqkv_e, wp, wp_e, bp, c1, c2, scale, qkv, mean, rstd)
+        ctx.eps, ctx.dtype, ctx.triton, ctx.attend, ctx.heads, ctx.width = eps, dtype, triton, attend, heads, width
         return out
 
     @staticmethod
     def backward(ctx, g):
-        x, ln_w, ln_b, wqkv, wp, bp, c1, c2, scale, qkv, mean, rstd = ctx.saved_tensors
-        dtype, triton = ctx.dtype, ctx.triton
+        x, ln_w, ln_b, wqkv_e, wp, wp_e, bp, c1, c2, scale, qkv, mean, rstd = ctx.saved_tensors
+        dtype, triton, heads, width = ctx.dtype, ctx.triton, ctx.heads, ctx.width
         B, N, C = x.shape
         g = g.contiguous()
         g_s = g if scale is None else g * scale.view(B, 1, 1)
         with torch.enable_grad():
             qkv_in = qkv.detach().requires_grad_(True)
-            o = ctx.attend(qkv_in)  # (B, N, C), recomputed
-        o2 = o.detach().reshape(B * N, C)
-        do, gwp = _projection_grads(g_s.view(B * N, C), o2, wp, c2, dtype)
-        (dqkv,) = torch.autograd.grad(o, qkv_in, do.view(B, N, C))
-        dx, dlw, dlb, dwqkv, dbqkv, dc1, gbp = _ln_linear_backward(dqkv.reshape(B * N, -1), x, ln_w, ln_b, wqkv, mean,
-                                                                   rstd, g, c1, scale, ctx.eps, dtype, triton)
+            o = ctx.attend(qkv_in)  # (B, N, heads * D), recomputed
+        o2 = o.detach().reshape(B * N, -1)
+        do, gwp = _projection_grads(g_s.view(B * N, C), o2, wp_e, c2, dtype)
+        (dqkv,) = torch.autograd.grad(o, qkv_in, do.view(B, N, -1))
+        dx, dlw, dlb, dwqkv, dbqkv, dc1, gbp = _ln_linear_backward(dqkv.reshape(B * N, -1), x, ln_w, ln_b, wqkv_e,
+                                                                   mean, rstd, g, c1, scale, ctx.eps, dtype, triton)
+        if width:  # back to the parameters' shapes: drop the padding rows / columns
+            dwqkv = _unpad_heads(dwqkv, heads, width, C // heads)
+            dbqkv = _unpad_heads(dbqkv, heads, width, C // heads)
+            gwp = _unpad_heads(gwp.t(), heads, width, C // heads).t()
         dwp, dbp, dc2 = _finish_projection(gwp, gbp, wp, bp, c2)
-        return (dx, dlw, dlb, dwqkv, dbqkv, dwp, dbp, dc1, dc2, None, None, None, None)
+        return (dx, dlw, dlb, dwqkv, dbqkv, dwp, dbp, dc1, dc2, None, None, None, None, None, None)
 
 
 # ------------------------------------------------------------------------------------------------ entry points
@@ -260,5 +286,10 @@ def attn_residual(x: torch.Tensor, norm, attn, attend: Callable[[torch.Tensor], 
                   scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Fused ``c1 * x + c2 * s * proj(attend(qkv(norm(x))))`` for a ``SlicedGroupAttention``."""
     a, b = _coefs(c1, c2)
+    # Head dims that are not a multiple of 8 (SReT-S: 42) are carried padded to the next multiple through the sdpa
+    # kernels (see _AttnResidual); on an H100 the pad/unpad copies flash attention makes otherwise took ~15 % of
+    # SReT-S's training step (docs/perf_notes.md).
+    width = -(-attn.head_dim // 8) * 8 if attn.attn_impl == "sdpa" and attn.head_dim % 8 else 0
     return _AttnResidual.apply(x.contiguous(), norm.weight, norm.bias, attn.qkv.weight, attn.qkv.bias,
-                               attn.proj.weight, attn.proj.bias, a, b, scale, norm.eps, compute_dtype(x), attend)
+                               attn.proj.weight, attn.proj.bias, a, b, scale, norm.eps, compute_dtype(x), attend,
+                               attn.num_heads, width)
