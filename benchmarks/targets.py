@@ -11,6 +11,11 @@ from pathlib import Path
 from typing import Optional
 
 
+# The issue's modes (eager, compile) and the GPU-time view of the eager step (eager+cudagraph: the same kernels
+# replayed as one CUDA graph, without the host's dispatch), which the issue does not name but which shows the GPU work.
+MODES = ("eager", "compile", "eager+cudagraph")
+
+
 def find(rows: list[dict], model: str, bench: str, mode: str = "eager", attn: Optional[str] = None) -> Optional[dict]:
     for r in rows:
         if (r["model"] == model and r["bench"] == bench and r["mode"] == mode and not r["channels_last"]
@@ -22,24 +27,25 @@ def find(rows: list[dict], model: str, bench: str, mode: str = "eager", attn: Op
 def check(rows: list[dict]) -> list[tuple[str, Optional[float], str, Optional[bool]]]:
     """(target, measured ratio, required, met) for every target the file has the rows for."""
     out = []
-    for bench in ("infer", "train"):
-        fast, base = find(rows, "sret_t", bench, attn="sdpa"), find(rows, "sret_t", bench, attn="math")
-        if fast and base:
-            ratio = fast["samples_per_s"] / base["samples_per_s"]
-            out.append((f"1. sret_t {bench} sdpa / math (eager)", ratio, ">= 4.0", ratio >= 4.0))
+    for mode in MODES:
+        for bench in ("infer", "train"):
+            fast, base = find(rows, "sret_t", bench, mode, attn="sdpa"), find(rows, "sret_t", bench, mode, attn="math")
+            if fast and base:
+                ratio = fast["samples_per_s"] / base["samples_per_s"]
+                out.append((f"1. sret_t {bench} sdpa / math ({mode})", ratio, ">= 4.0", ratio >= 4.0))
     train = find(rows, "sret_t", "train", attn="sdpa")
     if train and train["peak_mem_gib"] is not None:
         out.append(("1. sret_t train peak memory GiB (eager)", train["peak_mem_gib"], "<= 5.0",
                     train["peak_mem_gib"] <= 5.0))
     for small, ref in (("sret_t", "deit_tiny_patch16_224"), ("sret_s", "deit_small_patch16_224")):
-        for mode in ("eager", "compile"):
+        for mode in MODES:
             for bench in ("infer", "train"):
                 a, b = find(rows, small, bench, mode), find(rows, ref, bench, mode)
                 if a and b:
                     ratio = (a["samples_per_s"] * a["gmacs"]) / (b["samples_per_s"] * b["gmacs"])
                     out.append((f"2. {small} / {ref} MAC/s, {bench}, {mode}", ratio, ">= 1.0", ratio >= 1.0))
     for sliced, plain in (("sret_t", "sret_t_wo_slice"), ("sret_s", "sret_s_wo_slice")):
-        for mode in ("eager", "compile"):
+        for mode in MODES:
             for bench in ("infer", "train"):
                 a, b = find(rows, sliced, bench, mode), find(rows, plain, bench, mode)
                 if a and b:
