@@ -285,6 +285,11 @@ def benchmark(cfg: BenchConfig, macs_cache: Optional[dict[tuple, float]] = None)
         step = _infer_step(run_model, x, device, cfg.amp_dtype, cache=not cfg.cuda_graph)
     else:
         step = _train_step(model, run_model, x, target, device, cfg)
+    if device.type == "cuda":
+        # Before capture: a graph's memory comes from its private pool, allocated while capturing, so a peak reset
+        # after capture would leave the activations out of the figure.
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     if cfg.cuda_graph:
         try:
             step = _graphed(step, device)
@@ -295,9 +300,6 @@ def benchmark(cfg: BenchConfig, macs_cache: Optional[dict[tuple, float]] = None)
             result.error = f"CUDA graph capture failed: {str(err).splitlines()[0][:200]}"
             return _release(result, device)
 
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
     timer = _Timer(device)
     try:
         t0 = time.perf_counter()
