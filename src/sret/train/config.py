@@ -38,6 +38,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="also write last.pth every N steps (0: at epoch ends only)")
     g.add_argument("--log-every", type=int, default=50, help="TensorBoard step scalars every N steps")
     g.add_argument("--grad-checkpointing", action="store_true")
+    g.add_argument("--cuda-graph", action="store_true",
+                   help="replay each training step as one CUDA graph (one CUDA process, bf16/none amp, adam/adamw): "
+                        "removes the host's per-op cost, 2-3x faster for SReT-T on an H100")
     g.add_argument("--train-subset", type=int, default=None, metavar="N",
                    help="train on the first N training images only (smoke tests, quick studies)")
     g.add_argument("--val-subset", type=int, default=None, metavar="N", help="evaluate on the first N images only")
@@ -147,6 +150,20 @@ def finalize(cfg: dict[str, Any], world_size: int) -> dict[str, Any]:
             raise SReTError(f"with --fkd-labels, --batch-size counts crops per step and must be a multiple of "
                             f"--num-crops {cfg['num_crops']} (got {cfg['batch_size']})")
         cfg["fkd_labels"] = str(Path(cfg["fkd_labels"]).expanduser().resolve())
+    if cfg.get("cuda_graph"):
+        from sret.train.cuda_graph import CAPTURABLE_OPTIMIZERS
+
+        if world_size > 1:
+            raise SReTError("--cuda-graph runs one process; drop it under torchrun (DDP's gradient hooks are not "
+                            "captured here)")
+        if cfg["amp"] == "fp16":
+            raise SReTError("--cuda-graph needs --amp bf16 or none: fp16 loss scaling checks for overflow on the host "
+                            "every step")
+        if str(cfg["opt"]).lower() not in CAPTURABLE_OPTIMIZERS:
+            raise SReTError(f"--cuda-graph needs --opt {' or '.join(CAPTURABLE_OPTIMIZERS)} (capturable optimizers), "
+                            f"got {cfg['opt']!r}")
+        if cfg.get("grad_checkpointing"):
+            raise SReTError("--cuda-graph and --grad-checkpointing exclude each other here; drop one")
     for key in ("train_subset", "val_subset"):
         if cfg.get(key) is not None and cfg[key] < 1:
             raise SReTError(f"--{key.replace('_', '-')} must be >= 1")

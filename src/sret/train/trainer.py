@@ -44,6 +44,7 @@ from sret.train.checkpoint import (
     atomic_save, atomic_write_text, capture_rng, load_checkpoint, load_model_checkpoint, read_metadata, restore_rng,
 )  # fmt: skip
 from sret.train.config import dump_yaml
+from sret.train.cuda_graph import GraphedTrainStep
 from sret.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
 from sret.train.evaluate import autocast, evaluate
 from sret.train.factory import build_model, default_drop_path
@@ -185,7 +186,15 @@ class Trainer:
         if cfg["grad_checkpointing"]:
             self.model.set_grad_checkpointing(True)
         self.model.to(self.device)
-        self.optimizer = create_optimizer_v2(self.model, opt=cfg["opt"], lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        graphed = bool(cfg.get("cuda_graph"))
+        if graphed and (self.device.type != "cuda" or dist_info.distributed):
+            raise SReTError(f"--cuda-graph needs one CUDA process; this run is on {self.device}"
+                            + (f" with {dist_info.world_size} processes" if dist_info.distributed else ""))
+        if graphed and self.amp_dtype == torch.float16:
+            raise SReTError("--cuda-graph needs bf16 or no autocast (this GPU resolved --amp auto to fp16, whose loss "
+                            "scaling checks for overflow on the host); pass --amp none")
+        self.optimizer = create_optimizer_v2(self.model, opt=cfg["opt"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                                             **({"capturable": True} if graphed else {}))
         # per-step cosine over all loops; warm-up given in epochs(-equivalent), i.e. warmup / num_crops passes with FKD
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched="cosine", num_epochs=self.num_loops,
@@ -209,6 +218,8 @@ class Trainer:
                           else build_train_loss(self.mixup_active, cfg["smoothing"]))
         self.teacher = self._build_teacher() if cfg.get("teacher") else None
         self.kd_loss = KDLoss(cfg["kd_temperature"]) if self.teacher is not None else None
+        self.graphed = GraphedTrainStep(self.model, self.optimizer, self._loss, self.amp_dtype,
+                                        cfg["clip_grad"]) if graphed else None
 
         # progress state
         self.epoch = 0
@@ -462,6 +473,15 @@ class Trainer:
         train_loss = self.epoch_state["loss_sum"] / max(self.epoch_state["samples"], 1.0)
         return train_loss, lr, self.epoch_state["samples"] / max(seconds, 1e-9), seconds
 
+    def _loss(self, images: torch.Tensor, targets) -> torch.Tensor:
+        """Forward pass and training loss of one batch (under the caller's autocast)."""
+        logits = self.ddp_model(images)
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(images)
+            return self.kd_loss(logits, teacher_logits)
+        return self.criterion(logits, targets)
+
     def _train_step(self, batch) -> float | None:
         """One optimiser step on a batch; returns the loss averaged over ranks (None: no step was possible).
 
@@ -486,15 +506,16 @@ class Trainer:
                                                 self.cfg["soft_label"])
             else:
                 images, targets = self.mixup(images, targets)
+        if self.graphed is not None and have_data:  # forward, backward and update replayed as one CUDA graph
+            loss_value = self.graphed(images, targets).item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLoss(self.step + 1, loss_value)  # the step is applied; last.pth is the last good state
+            if self.ema is not None:
+                self.ema.update(self.model, step=self.step + 1)
+            return loss_value
         with autocast(self.device, self.amp_dtype):
             if have_data:
-                logits = self.ddp_model(images)
-                if self.teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = self.teacher(images)
-                    loss = self.kd_loss(logits, teacher_logits)
-                else:
-                    loss = self.criterion(logits, targets)
+                loss = self._loss(images, targets)
             else:
                 # DDP ranks must all join the gradient all-reduce: a zero-gradient pass over every parameter
                 loss = sum(p.sum() for p in self.ddp_model.parameters()) * 0.0
