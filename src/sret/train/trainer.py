@@ -220,8 +220,6 @@ class Trainer:
         self.kd_loss = KDLoss(cfg["kd_temperature"]) if self.teacher is not None else None
         self.graphed = GraphedTrainStep(self.model, self.optimizer, self._loss, self.amp_dtype,
                                         cfg["clip_grad"]) if graphed else None
-        self._pending_loss: tuple[torch.Tensor, int] | None = None  # CUDA-graph steps: (loss on the device, step)
-        self._pending_n = 0.0
 
         # progress state
         self.epoch = 0
@@ -452,10 +450,6 @@ class Trainer:
             bad.extend(batch.bad)
             loss_value = self._train_step(batch)
             n = all_reduce_sum([float(len(batch))], self.device)[0] if self.dist.distributed else float(len(batch))
-            loss_step = self.step + 1
-            if self.graphed is not None:  # the value is the previous step's: read one step late (see _train_step)
-                n, self._pending_n = self._pending_n, n
-                loss_step -= 1
             if loss_value is not None:
                 self.epoch_state["loss_sum"] += loss_value * n
                 self.epoch_state["samples"] += n
@@ -468,40 +462,16 @@ class Trainer:
             img_s = self.epoch_state["samples"] / max(elapsed, 1e-9)
             bar.set_postfix(loss=f"{loss_value or 0.0:.4f}", lr=f"{lr:.2e}", img_s=f"{img_s:.0f}", refresh=False)
             bar.update(1)
-            if loss_step % max(cfg["log_every"], 1) == 0 and loss_value is not None:
-                tb.scalars({"step/train_loss": loss_value, "step/lr": lr}, loss_step)
+            if self.step % max(cfg["log_every"], 1) == 0 and loss_value is not None:
+                tb.scalars({"step/train_loss": loss_value, "step/lr": lr}, self.step)
             every = cfg["checkpoint_every_steps"]
             if every and self.step % every == 0 and self.epoch_step < self.steps_per_epoch:
-                self._flush_pending_loss(tb)  # never write weights before their step's loss has been checked
                 self.save_last()
-        self._flush_pending_loss(tb)
         bar.close()
         self._note_bad(bad)
         seconds = seconds_before + time.perf_counter() - t0
         train_loss = self.epoch_state["loss_sum"] / max(self.epoch_state["samples"], 1.0)
         return train_loss, lr, self.epoch_state["samples"] / max(seconds, 1e-9), seconds
-
-    @staticmethod
-    def _read_loss(pending: tuple[torch.Tensor, int] | None) -> float | None:
-        """The value of a loss kept on the device by the CUDA-graph step; NonFiniteLoss names its step."""
-        if pending is None:
-            return None
-        value = pending[0].item()
-        if not math.isfinite(value):
-            raise NonFiniteLoss(pending[1], value)
-        return value
-
-    def _flush_pending_loss(self, tb: logbook.TensorBoard) -> None:
-        """Count (and check) the CUDA-graph step's last loss, which is otherwise read with the next step."""
-        if self.graphed is None or self._pending_loss is None:
-            return
-        step = self._pending_loss[1]
-        value = self._read_loss(self._pending_loss)
-        self._pending_loss = None
-        self.epoch_state["loss_sum"] += value * self._pending_n
-        self.epoch_state["samples"] += self._pending_n
-        if step % max(self.cfg["log_every"], 1) == 0:
-            tb.scalars({"step/train_loss": value, "step/lr": self.optimizer.param_groups[0]["lr"]}, step)
 
     def _loss(self, images: torch.Tensor, targets) -> torch.Tensor:
         """Forward pass and training loss of one batch (under the caller's autocast)."""
@@ -516,8 +486,7 @@ class Trainer:
         """One optimiser step on a batch; returns the loss averaged over ranks (None: no step was possible).
 
         Raises:
-            NonFiniteLoss: before the weights are touched, so ``last.pth`` still holds the last good state (with
-                ``--cuda-graph`` one step later, the step applied but never checkpointed).
+            NonFiniteLoss: before the weights are touched, so ``last.pth`` still holds the last good state.
         """
         images = batch.images.to(self.device, non_blocking=True)
         fkd = isinstance(batch.targets, tuple)  # FKD: (topk_idx, topk_prob), expanded on the device by the loss
@@ -537,16 +506,13 @@ class Trainer:
                                                 self.cfg["soft_label"])
             else:
                 images, targets = self.mixup(images, targets)
-        if self.graphed is not None and have_data:
-            # Forward, backward and update replayed as one CUDA graph. The loss is read one step late: reading it now
-            # would make the host wait for this step's GPU work before it can prepare the next batch. So this returns
-            # the previous step's loss, and a non-finite loss stops the run one step after it happened (the weights
-            # are not written: checkpoints flush the pending loss first; last.pth is the last good state).
-            loss = self.graphed(images, targets).clone()  # the graph's output buffer is rewritten by the next replay
+        if self.graphed is not None and have_data:  # forward, backward and update replayed as one CUDA graph
+            loss_value = self.graphed(images, targets).item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLoss(self.step + 1, loss_value)  # the step is applied; last.pth is the last good state
             if self.ema is not None:
                 self.ema.update(self.model, step=self.step + 1)
-            previous, self._pending_loss = self._pending_loss, (loss, self.step + 1)
-            return self._read_loss(previous)
+            return loss_value
         with autocast(self.device, self.amp_dtype):
             if have_data:
                 loss = self._loss(images, targets)
