@@ -367,7 +367,9 @@ class Trainer:
                   flush=True)
         try:
             while self.epoch < self.num_loops:
-                if self.device.type == "cuda":
+                # Per-epoch peaks, except once a CUDA graph holds its memory pool: its activations were allocated at
+                # capture, so a reset would leave them out of every later epoch's figure.
+                if self.device.type == "cuda" and (self.graphed is None or self.graphed.graph is None):
                     torch.cuda.reset_peak_memory_stats(self.device)
                 train_loss, lr, img_s, seconds = self._train_epoch(tb)
                 peak_gib = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
