@@ -47,7 +47,8 @@ def main() -> int:
         w1, b1 = torch.randn(H, C, device="cuda") / C**0.5, torch.randn(H, device="cuda")
         w2, b2 = torch.randn(C, H, device="cuda") / H**0.5, torch.randn(C, device="cuda")
         c1, c2 = torch.tensor([0.9], device="cuda"), torch.tensor([1.1], device="cuda")
-        got = K.mlp_residual_forward(x, lw, lb, w1, b1, w2, b2, c1, c2, None, 1e-6, torch.bfloat16, save, gemm_tile=tiles)
+        got = K.mlp_residual_forward(x, lw, lb, w1, b1, w2, b2, c1, c2, None, 1e-6, torch.bfloat16, save,
+                                     gemm_tile=tiles)
         os.environ["SRET_FUSED_KERNELS"] = "0"
         with torch.no_grad():
             ref = fused._MlpResidual.apply(x, lw, lb, w1, b1, w2, b2, c1, c2, None, 1e-6, torch.bfloat16)

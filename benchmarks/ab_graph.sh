@@ -2,7 +2,7 @@
 # A/B of two source trees in one call, GPU time only (CUDA-graph replays of the inference and training steps):
 # BASE (default ab_base/src, a copy of the previous commit's src/ made beforehand) against the working tree's src/,
 # interleaved base, new, new, base, plus bf16 correctness of the new tree and a profile of its training step.
-#   git archive HEAD src | tar -x -C ab_base    # before editing; then run this on the device
+#   git archive HEAD src | tar -x -C ab_base    # before editing (ab_base/ is git-ignored: carry it to the device)
 set -u
 source experiments/device_env.sh
 OUT=${OUT:-ab_out}

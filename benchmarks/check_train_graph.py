@@ -30,7 +30,8 @@ def train(name: str, steps: int, batch: int, graphed: bool, warmup: int = 3) -> 
     torch.manual_seed(0)
     torch.cuda.manual_seed(0)
     model = sret.create_model(name, num_classes=1000).to(device).train()
-    opt = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05, **({"capturable": True} if graphed else {}))
+    extra = {"capturable": True} if graphed else {}
+    opt = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05, **extra)
     gen = torch.Generator(device=device).manual_seed(1)
     x = torch.randn(batch, 3, 224, 224, device=device, generator=gen)
     y = torch.randint(0, 1000, (batch,), device=device, generator=gen)

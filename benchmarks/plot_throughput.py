@@ -1,7 +1,8 @@
 """Plot img/s against GMACs from a ``sret benchmark`` / ``gpu_suite.py`` results JSON.
 
 One panel per bench (inference, training); SReT models and timm models in different colours; eager runs filled,
-compiled runs hollow, CUDA-graph replays of the eager step (``--cuda-graph``) as small diamonds; SReT-T's explicit-attention baseline (``attn_impl="math"``) as a cross. Lines of equal
+compiled runs hollow, CUDA-graph replays of the eager step (``--cuda-graph``) as small diamonds; SReT-T's
+explicit-attention baseline (``attn_impl="math"``) as a cross. Lines of equal
 MAC throughput (TMAC/s) through DeiT-Tiny's eager point show the per-MAC comparison of issue 3: a model above the
 line does more useful work per second than DeiT-Tiny.
 
