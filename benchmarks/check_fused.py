@@ -21,13 +21,20 @@ import sret
 
 
 def _grads(model, x, fused: str, autocast: bool, seed: int = 0):
+    before = os.environ.get("SRET_FUSED")
     os.environ["SRET_FUSED"] = fused
-    torch.manual_seed(seed)  # same training permutations and drop-path masks in every run
-    model.zero_grad(set_to_none=True)
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        out = model(x)
-    weights = torch.linspace(-1, 1, out.numel(), device=out.device, dtype=torch.float64).view_as(out)
-    (out.double() * weights).sum().backward()
+    try:
+        torch.manual_seed(seed)  # same training permutations and drop-path masks in every run
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(x)
+        weights = torch.linspace(-1, 1, out.numel(), device=out.device, dtype=torch.float64).view_as(out)
+        (out.double() * weights).sum().backward()
+    finally:  # leave the switch as found: callers in the same process (A/B scripts) must not inherit "0"
+        if before is None:
+            os.environ.pop("SRET_FUSED", None)
+        else:
+            os.environ["SRET_FUSED"] = before
     return out.detach().double().cpu(), {n: p.grad.double().cpu() for n, p in model.named_parameters()
                                          if p.grad is not None}
 
