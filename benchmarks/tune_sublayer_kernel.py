@@ -35,6 +35,15 @@ SHAPES = [  # (name, M, C, H)
 ]
 
 
+def sublayer_inputs(M: int, C: int, H: int, dev: str) -> tuple[torch.Tensor, ...]:
+    """Random inputs of one MLP sublayer at batch 256: x (256, M / 256, C), LN affine, fc1, fc2, c1, c2."""
+    x = torch.randn(256, M // 256, C, device=dev)
+    lw, lb = torch.randn(C, device=dev), torch.randn(C, device=dev)
+    w1, b1 = torch.randn(H, C, device=dev) / C**0.5, torch.randn(H, device=dev)
+    w2, b2 = torch.randn(C, H, device=dev) / H**0.5, torch.randn(C, device=dev)
+    return x, lw, lb, w1, b1, w2, b2, torch.ones(1, device=dev), torch.ones(1, device=dev)
+
+
 GEMM_CONFIGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): the usual Hopper/Ampere matmul tiles, a few small ones;
     # BLOCK_K must divide 64 (the padding of the K dimensions)
     (128, 128, 64, 8, 3), (128, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 128, 32, 8, 4), (64, 64, 64, 4, 3),
@@ -52,11 +61,7 @@ def tune_gemm(args: argparse.Namespace) -> int:
         if name.startswith("T") and name.endswith("nll") and not args.all_shapes:  # one launch: 0.06-0.08 ms
             continue
         N = M // 256
-        x = torch.randn(256, N, C, device=dev)
-        lw, lb = torch.randn(C, device=dev), torch.randn(C, device=dev)
-        w1, b1 = torch.randn(H, C, device=dev) / C**0.5, torch.randn(H, device=dev)
-        w2, b2 = torch.randn(C, H, device=dev) / H**0.5, torch.randn(C, device=dev)
-        c1, c2 = torch.ones(1, device=dev), torch.ones(1, device=dev)
+        x, lw, lb, w1, b1, w2, b2, c1, c2 = sublayer_inputs(M, C, H, dev)
         cp, hp = triton.cdiv(C, 64) * 64, triton.cdiv(H, 64) * 64
         xn = torch.randn(M, cp, device=dev, dtype=dt)
         a = torch.randn(M, hp, device=dev, dtype=dt)
@@ -134,11 +139,7 @@ def main() -> int:
     table = []
     for name, M, C, H in SHAPES:
         N = M // 256
-        x = torch.randn(256, N, C, device=dev)
-        lw, lb = torch.randn(C, device=dev), torch.randn(C, device=dev)
-        w1, b1 = torch.randn(H, C, device=dev) / C**0.5, torch.randn(H, device=dev)
-        w2, b2 = torch.randn(C, H, device=dev) / H**0.5, torch.randn(C, device=dev)
-        c1, c2 = torch.ones(1, device=dev), torch.ones(1, device=dev)
+        x, lw, lb, w1, b1, w2, b2, c1, c2 = sublayer_inputs(M, C, H, dev)
         block_c = max(16, triton.next_power_of_2(C))
         for save in (False, True):
             os.environ["SRET_FUSED_KERNELS"] = "0"

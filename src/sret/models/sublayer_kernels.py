@@ -120,6 +120,23 @@ if triton is not None:
 if triton is not None:
 
     @triton.jit
+    def _matmul_nt(A, W, rows, cols, rmask, nmask, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
+        """float32 ``A[rows] @ W[cols]^T`` over all of K: A and W row-major with row stride K, a multiple of BLOCK_K
+        (zero padding), so the K loop is unmasked; W tiles are loaded row-major and transposed in the dot."""
+        ks = tl.arange(0, BLOCK_K)
+        a_ptr = A + rows[:, None].to(tl.int64) * K + ks[None, :]
+        w_ptr = W + cols[:, None] * K + ks[None, :]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for _ in range(0, K, BLOCK_K):
+            a = tl.load(a_ptr, mask=rmask[:, None], other=0.0)
+            w = tl.load(w_ptr, mask=nmask[:, None], other=0.0)
+            acc += tl.dot(a, tl.trans(w))
+            a_ptr += BLOCK_K
+            w_ptr += BLOCK_K
+        return acc
+
+    @triton.jit
     def _fc1_gelu_fwd(XN, W1, B1, A, HOUT, M, H, CP, HP, SAVE: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         """``a = gelu(xn @ W1^T + b1)`` (and ``h`` = the fc1 output with SAVE) for a (BLOCK_M, BLOCK_N) tile.
@@ -131,16 +148,7 @@ if triton is not None:
         hcols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < M
         nmask = hcols < HP
-        ks = tl.arange(0, BLOCK_K)
-        x_ptr = XN + rows[:, None].to(tl.int64) * CP + ks[None, :]
-        w_ptr = W1 + hcols[:, None] * CP + ks[None, :]
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for _ in range(0, CP, BLOCK_K):
-            xn = tl.load(x_ptr, mask=rmask[:, None], other=0.0)
-            w = tl.load(w_ptr, mask=nmask[:, None], other=0.0)
-            acc += tl.dot(xn, tl.trans(w))
-            x_ptr += BLOCK_K
-            w_ptr += BLOCK_K
+        acc = _matmul_nt(XN, W1, rows, hcols, rmask, nmask, CP, BLOCK_M, BLOCK_N, BLOCK_K)
         dt = A.dtype.element_ty
         b1 = tl.load(B1 + hcols, mask=hcols < H, other=0.0).to(dt).to(tl.float32)
         h = (acc + b1[None, :]).to(dt)  # fc1 output, rounded as addmm's
@@ -163,16 +171,7 @@ if triton is not None:
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < M
         cmask = cols < C
-        ks = tl.arange(0, BLOCK_K)
-        a_ptr = A + rows[:, None].to(tl.int64) * HP + ks[None, :]
-        w_ptr = W2 + cols[:, None] * HP + ks[None, :]
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for _ in range(0, HP, BLOCK_K):
-            a = tl.load(a_ptr, mask=rmask[:, None], other=0.0)
-            w = tl.load(w_ptr, mask=cmask[:, None], other=0.0)
-            acc += tl.dot(a, tl.trans(w))
-            a_ptr += BLOCK_K
-            w_ptr += BLOCK_K
+        acc = _matmul_nt(A, W2, rows, cols, rmask, cmask, HP, BLOCK_M, BLOCK_N, BLOCK_K)
         dt = A.dtype.element_ty
         b2 = tl.load(B2 + cols, mask=cmask, other=0.0).to(dt).to(tl.float32)
         y = (acc + b2[None, :]).to(dt).to(tl.float32)  # fc2 output, rounded as addmm's
