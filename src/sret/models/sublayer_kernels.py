@@ -50,6 +50,11 @@ def kernels_available(x: torch.Tensor, dtype: torch.dtype) -> bool:
 if triton is not None:
 
     @triton.jit
+    def _gelu(x):
+        """Exact (erf) GELU of a float32 tile, as ``F.gelu`` computes it."""
+        return 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
+
+    @triton.jit
     def _residual_tile(x, y, C1, K, rows, rmask, N_TOK, HAS_C1: tl.constexpr, K_PER_SAMPLE: tl.constexpr):
         """``c1 * x + k * y`` on a float32 tile; k is one scalar or one per sample (row // tokens per sample)."""
         if HAS_C1:
@@ -91,7 +96,7 @@ if triton is not None:
                 tl.store(HOUT + rows[:, None].to(tl.int64) * H + hcols[None, :], h,
                          mask=rmask[:, None] & hmask[None, :])
             hf = h.to(tl.float32)
-            a = (0.5 * hf * (1.0 + tl.erf(hf * 0.7071067811865476))).to(dt)  # exact GELU, rounded
+            a = _gelu(hf).to(dt)  # exact GELU, rounded
             # W2 is (C, H): the tile W2[cols, hcols] as (BLOCK_H, BLOCK_C)
             w2 = tl.load(W2 + cols[None, :] * H + hcols[:, None], mask=hmask[:, None] & cmask[None, :], other=0.0)
             acc += tl.dot(a, w2.to(dt))
@@ -156,8 +161,8 @@ if triton is not None:
             tl.store(HOUT + rows[:, None].to(tl.int64) * H + hcols[None, :], h,
                      mask=rmask[:, None] & (hcols < H)[None, :])
         hf = h.to(tl.float32)
-        tl.store(A + rows[:, None].to(tl.int64) * HP + hcols[None, :],
-                 (0.5 * hf * (1.0 + tl.erf(hf * 0.7071067811865476))).to(dt), mask=rmask[:, None] & nmask[None, :])
+        tl.store(A + rows[:, None].to(tl.int64) * HP + hcols[None, :], _gelu(hf).to(dt),
+                 mask=rmask[:, None] & nmask[None, :])
 
     @triton.jit
     def _fc2_residual_fwd(A, W2, B2, X, C1, K, OUT, M, C, HP, N_TOK, HAS_C1: tl.constexpr,
