@@ -56,7 +56,7 @@ tail -n 6 $OUT/resume.log
 cp runs/ddp_kill/log.csv $OUT/log_kill_resumed.csv
 
 # 3. FKD labels: 2 ranks vs 1 process, teacher = the K=1 run's best checkpoint
-FKD="--teacher runs/ddp_k1/best.pth --teacher-model sret_t --in-chans 1 --data $DATA --num-crops 16 --top-k 5 --shard-size 5000 --amp --workers 6"
+FKD="--teacher runs/ddp_k1/best.pth --teacher-model sret_t --in-chans 1 --data $DATA --num-crops ${NUM_CROPS:-16} --top-k 5 --shard-size 5000 --amp --workers 6"
 python3 -m sret fkd-label $FKD --output runs/fkd_single > $OUT/fkd_single.log 2>&1; echo "single rc=$?" | tee -a $OUT/commands.txt
 torchrun --standalone --nproc_per_node=2 -m sret fkd-label $FKD --output runs/fkd_ddp > $OUT/fkd_ddp.log 2>&1; echo "ddp rc=$?" | tee -a $OUT/commands.txt
 tail -n 2 $OUT/fkd_single.log $OUT/fkd_ddp.log
@@ -67,4 +67,16 @@ fa = sorted(p.name for p in a.iterdir() if p.suffix == ".npy"); fb = sorted(p.na
 same = fa == fb and all(hashlib.sha256((a / n).read_bytes()).digest() == hashlib.sha256((b / n).read_bytes()).digest() for n in fa)
 print(f"shards: {len(fa)} vs {len(fb)}; byte-identical: {same}")
 PY
+
+# 4. optional (SCALE224=1): the same K = 1 / 2 comparison at 224 px on a subset, where the GPU, not the loader, sets the pace
+if [ "${SCALE224:-0}" = 1 ]; then
+  for K in 1 2; do
+    B=$((GLOBAL / K))
+    cmd="torchrun --standalone --nproc_per_node=$K -m sret train ${RECIPE/--img-size 64/--img-size 224} --train-subset 30720 \
+      --val-subset 2048 --epochs 2 --batch-size $B --workers 7 --output runs/ddp224_k$K"
+    echo "== 224 px K=$K: $cmd" | tee -a $OUT/commands.txt
+    start=$SECONDS; eval $cmd > $OUT/train224_k$K.log 2>&1; echo "rc=$? wall=$((SECONDS - start))s" | tee -a $OUT/commands.txt
+    cp runs/ddp224_k$K/log.csv $OUT/log224_k$K.csv
+  done
+fi
 ls -la $OUT

@@ -263,3 +263,21 @@ def test_in_memory_dataset_file_list() -> None:
     ds = open_image_dataset("sample")
     files = dataset_file_list(ds)
     assert len(files) == len(ds) and files[3] == ("#3", 28 * 28)
+
+
+def test_training_checkpoint_teacher_keeps_its_size_and_normalisation(tmp_path: Path) -> None:
+    """An `sret train` checkpoint trained at 64 px is fed 64 px crops, not its architecture's default 224."""
+    from sret.fkd.teacher import build_teacher, teacher_data_config
+    from sret.models import create_model
+    from sret.train.checkpoint import atomic_save
+
+    model = create_model("sret_t", num_classes=NUM_CLASSES, in_chans=1, img_size=64)
+    config = {"img_size": 64, "in_chans": 1, "data_mean": [0.25], "data_std": [0.5], "model": "sret_t"}
+    path = tmp_path / "best.pth"
+    atomic_save({"model": model.state_dict(), "config": config}, path)
+    teacher, name, _ = build_teacher(str(path), "sret_t")
+    cfg = teacher_data_config(teacher)
+    assert name == "sret_t" and cfg.img_size == (64, 64) and cfg.in_chans == 1
+    assert cfg.mean == (0.25,) and cfg.std == (0.5,)
+    with torch.no_grad():
+        assert teacher(torch.zeros(1, 1, *cfg.img_size)).shape == (1, NUM_CLASSES)

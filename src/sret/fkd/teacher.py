@@ -139,10 +139,13 @@ def build_teacher(teacher: str, teacher_model: str | None = None, num_classes: i
         state = _read_state(teacher)
         model = _create(teacher_model, False, img_size, num_classes=num_classes, in_chans=in_chans,
                         **(run_cfg.get("model_kwargs") or {}))
+        fed: dict[str, Any] = {}  # how the run fed its images, in place of the architecture's defaults
         if run_cfg.get("data_mean") and run_cfg.get("data_std"):
-            # label crops with the normalisation the teacher was trained with, not its architecture's default
-            model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {},
-                                        mean=tuple(run_cfg["data_mean"]), std=tuple(run_cfg["data_std"]))
+            fed.update(mean=tuple(run_cfg["data_mean"]), std=tuple(run_cfg["data_std"]))
+        if img_size:  # resolve_data_config reads the size from pretrained_cfg, which still says the default
+            fed["input_size"] = (int(in_chans or getattr(model, "in_chans", 3)), int(img_size), int(img_size))
+        if fed:
+            model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {}, **fed)
         stored = _checkpoint_classes(model, state) if num_classes is None else None
         if stored is not None and stored != getattr(model, "num_classes", stored):
             model.reset_classifier(stored)  # a checkpoint teacher keeps the head it was trained with
