@@ -38,14 +38,14 @@ class _FakeGraph:
             group["lr"] = lr
         try:
             step.optimizer.zero_grad(set_to_none=True)
-            step.static_loss.copy_(step._body(*step.static_inputs))
+            step.static_stats.copy_(step._body(*step.static_inputs))
         finally:
             for group, value in zip(groups, floats):
                 group["lr"] = value
 
 
 @contextlib.contextmanager
-def _fake_capture(graph: _FakeGraph):
+def _fake_capture(graph: _FakeGraph, stream=None, capture_error_mode=None):
     """A capture runs nothing: the body runs here, so the model and optimizer are put back afterwards."""
     step = _FakeGraph.step
     model_state = copy.deepcopy(step.model.state_dict())
@@ -70,6 +70,7 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(cuda_graph.torch.cuda, "Stream", lambda device=None: _FakeStream())
     monkeypatch.setattr(cuda_graph.torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(cuda_graph.torch.cuda, "current_stream", lambda device=None: _FakeStream())
+    monkeypatch.setattr(cuda_graph.torch.cuda, "synchronize", lambda device=None: None)
 
 
 def _batches(n: int):
@@ -110,7 +111,9 @@ def test_graphed_step_trains_like_eager(fake_cuda):
     losses_g = []
     for lr, (x, y) in zip(lrs, batches):
         opt_g.param_groups[0]["lr"] = lr  # what timm's scheduler does: a float
-        losses_g.append(float(step(x, y)))
+        loss_sum, n = step(x, y).tolist()
+        assert n == len(x)
+        losses_g.append(loss_sum / n)
 
     assert step.graph is not None and step.eager_steps == 1
     assert isinstance(opt_g.param_groups[0]["lr"], float)  # the scheduler and the logs keep seeing floats
@@ -118,3 +121,56 @@ def test_graphed_step_trains_like_eager(fake_cuda):
     for a, b in zip(graphed.parameters(), eager.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
+
+
+@pytest.fixture()
+def one_rank_group():
+    """A real (gloo, one rank) process group: the DDP code path's all-reduce runs, as a sum over one rank."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_ddp_step_warms_up_longer_and_tops_up_short_batches(fake_cuda, one_rank_group):
+    """Under DDP every rank must replay at every step: a short batch is filled up with its own first samples (the
+    eager reference trains on that same filled batch), and capture waits for PyTorch's 11 DDP warm-up steps."""
+    lrs = [1e-2 / (1 + i) for i in range(16)]
+    batches = _batches(len(lrs))
+    short = 13
+    x, y = batches[short]
+    batches[short] = (x[:5], y[:5])  # 5 of 8 samples after capture: filled up as samples 0-4, 0-2
+    filled = [(torch.cat([x[:5], x[:3]]), torch.cat([y[:5], y[:3]])) if i == short else b for i, b in enumerate(batches)]
+
+    eager = _model()
+    opt_e = torch.optim.AdamW(eager.parameters(), lr=lrs[0])
+    losses_e = []
+    for lr, (bx, by) in zip(lrs, filled):
+        opt_e.param_groups[0]["lr"] = lr
+        opt_e.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(eager(bx), by)
+        loss.backward()
+        opt_e.step()
+        losses_e.append(loss.item())
+
+    graphed = _model()
+    opt_g = torch.optim.AdamW(graphed.parameters(), lr=lrs[0])
+    step = cuda_graph.GraphedTrainStep(graphed, opt_g, lambda a, b: F.cross_entropy(graphed(a), b), None, None,
+                                       warmup=3, distributed=True)
+    _FakeGraph.step = step
+    losses_g, counts = [], []
+    for i, (lr, (bx, by)) in enumerate(zip(lrs, batches)):
+        opt_g.param_groups[0]["lr"] = lr
+        loss_sum, n = step(bx, by).tolist()
+        losses_g.append(loss_sum / n)
+        counts.append(n)
+        assert (step.graph is None) == (i < cuda_graph.DDP_WARMUP)
+
+    assert step.warmup == cuda_graph.DDP_WARMUP and step.padded_steps == 1 and step.eager_steps == 0
+    assert counts == [6.0 if i == 7 else 8.0 for i in range(len(lrs))]  # step 7 (warm-up) is eager; the filled one: 8
+    torch.testing.assert_close(torch.tensor(losses_g), torch.tensor(losses_e), rtol=1e-5, atol=1e-6)
+    for a, b in zip(graphed.parameters(), eager.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="cannot replay the step captured for 8"):
+        step(torch.randn(9, 10), torch.randint(0, 3, (9,)))

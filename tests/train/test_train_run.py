@@ -105,13 +105,13 @@ def test_ema_is_evaluated_and_checkpointed_and_runs_are_not_overwritten(colour_d
 
 
 def test_cuda_graph_refuses_what_it_cannot_capture(colour_data, tmp_path, capsys):
-    """``--cuda-graph`` (one CUDA process, bf16/no autocast, Adam/AdamW): every other setup is a clear exit 2."""
+    """``--cuda-graph`` (CUDA, bf16/no autocast, Adam/AdamW): every other setup is a clear exit 2."""
     base = ("train", "--model", TINY, "--data", colour_data, "--cuda-graph")
     cases = [
         (("--output", tmp_path / "a", "--amp", "fp16"), "--amp bf16 or none"),
         (("--output", tmp_path / "b", "--opt", "sgd"), "--opt adam or adamw"),
         (("--output", tmp_path / "c", "--grad-checkpointing"), "exclude each other"),
-        (("--output", tmp_path / "d", "--device", "cpu"), "needs one CUDA process; this run is on cpu"),
+        (("--output", tmp_path / "d", "--device", "cpu"), "--cuda-graph needs CUDA; this run is on cpu"),
     ]
     for extra, message in cases:
         assert cli(*base, *extra, *fast_flags()) == 2

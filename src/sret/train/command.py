@@ -7,6 +7,7 @@ Multi-GPU: ``torchrun --nproc_per_node=K -m sret train ...`` (one process per GP
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -30,26 +31,30 @@ def run(args: argparse.Namespace) -> int:
     from sret.train.trainer import NonFiniteLoss, Trainer, load_resume_state
 
     device_type = "cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-    dist_info = init_distributed(device_type)
+    # the configuration is settled before the process group exists: --cuda-graph (from the flags, a --config YAML or
+    # the resumed run) changes how NCCL is set up
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    resume_state = None
+    if args.resume:
+        resume_state = load_resume_state(Path(args.resume))
+        cfg = dict(resume_state["config"])
+        if cfg.get("world_size", 1) != world:
+            raise SReTError(f"--resume: the run used {cfg.get('world_size', 1)} process(es), this launch has "
+                            f"{world}; the batch order would differ")
+        for key in RUNTIME_KEYS:
+            value = getattr(args, key)
+            if value is not None and key != "resume":
+                cfg[key] = value
+        cfg["output"] = str(Path(args.resume))
+    else:
+        assert _PARSER is not None
+        cfg = finalize(config_from_args(_PARSER, args), world)
+        if (Path(cfg["output"]) / "last.pth").exists():
+            raise SReTError(f"{cfg['output']} already holds a run (last.pth); continue it with --resume "
+                            f"{cfg['output']} or choose another --output")
+    dist_info = init_distributed(device_type, graph_capture=bool(cfg.get("cuda_graph")))
+    trainer = None
     try:
-        resume_state = None
-        if args.resume:
-            resume_state = load_resume_state(Path(args.resume))
-            cfg = dict(resume_state["config"])
-            if cfg.get("world_size", 1) != dist_info.world_size:
-                raise SReTError(f"--resume: the run used {cfg.get('world_size', 1)} process(es), this launch has "
-                                f"{dist_info.world_size}; the batch order would differ")
-            for key in RUNTIME_KEYS:
-                value = getattr(args, key)
-                if value is not None and key != "resume":
-                    cfg[key] = value
-            cfg["output"] = str(Path(args.resume))
-        else:
-            assert _PARSER is not None
-            cfg = finalize(config_from_args(_PARSER, args), dist_info.world_size)
-            if (Path(cfg["output"]) / "last.pth").exists():
-                raise SReTError(f"{cfg['output']} already holds a run (last.pth); continue it with --resume "
-                                f"{cfg['output']} or choose another --output")
         trainer = Trainer(cfg, dist_info, resume_state)
         try:
             history = trainer.fit()
@@ -71,4 +76,6 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         return 0
     finally:
+        if trainer is not None and trainer.graphed is not None:
+            trainer.graphed.release()  # before the process group goes: a live graph with NCCL work hangs its teardown
         shutdown_distributed()

@@ -30,11 +30,21 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group if launched by torchrun (idempotent), else describe a single process."""
+def init_distributed(device_type: str, graph_capture: bool = False) -> DistInfo:
+    """Join the process group if launched by torchrun (idempotent), else describe a single process.
+
+    Args:
+        device_type: "cuda" (NCCL) or "cpu" (gloo).
+        graph_capture: the training step will be captured as a CUDA graph with its collectives in it. PyTorch asks
+            for NCCL's asynchronous error handling to be off then (its watchdog must not query captured work); it is
+            set here, before the process group exists, unless the user set ``TORCH_NCCL_ASYNC_ERROR_HANDLING``.
+            torchrun still stops every rank when one of them dies.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
+    if graph_capture and device_type == "cuda":
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0")
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         if device_type == "cuda":

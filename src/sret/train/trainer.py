@@ -187,9 +187,8 @@ class Trainer:
             self.model.set_grad_checkpointing(True)
         self.model.to(self.device)
         graphed = bool(cfg.get("cuda_graph"))
-        if graphed and (self.device.type != "cuda" or dist_info.distributed):
-            raise SReTError(f"--cuda-graph needs one CUDA process; this run is on {self.device}"
-                            + (f" with {dist_info.world_size} processes" if dist_info.distributed else ""))
+        if graphed and self.device.type != "cuda":
+            raise SReTError(f"--cuda-graph needs CUDA; this run is on {self.device}")
         if graphed and self.amp_dtype == torch.float16:
             raise SReTError("--cuda-graph needs bf16 or no autocast (this GPU resolved --amp auto to fp16, whose loss "
                             "scaling checks for overflow on the host); pass --amp none")
@@ -205,9 +204,16 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = ModelEmaV3(self.model, decay=cfg["ema_decay"]) if cfg["ema"] else None
         self.ddp_model: nn.Module = self.model
+        graph_stream = torch.cuda.Stream(self.device) if graphed else None
         if dist_info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
+            if graph_stream is not None:  # a DDP step is captured on the stream DDP was built on (PyTorch's rule)
+                graph_stream.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(graph_stream):
+                    self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
+                torch.cuda.current_stream(self.device).wait_stream(graph_stream)
+            else:
+                self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
 
         self.mixup = None
         if self.mixup_active:
@@ -218,8 +224,8 @@ class Trainer:
                           else build_train_loss(self.mixup_active, cfg["smoothing"]))
         self.teacher = self._build_teacher() if cfg.get("teacher") else None
         self.kd_loss = KDLoss(cfg["kd_temperature"]) if self.teacher is not None else None
-        self.graphed = GraphedTrainStep(self.model, self.optimizer, self._loss, self.amp_dtype,
-                                        cfg["clip_grad"]) if graphed else None
+        self.graphed = GraphedTrainStep(self.model, self.optimizer, self._loss, self.amp_dtype, cfg["clip_grad"],
+                                        distributed=dist_info.distributed, stream=graph_stream) if graphed else None
 
         # progress state
         self.epoch = 0
@@ -450,8 +456,7 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         for batch in self.train_loader:
             bad.extend(batch.bad)
-            loss_value = self._train_step(batch)
-            n = all_reduce_sum([float(len(batch))], self.device)[0] if self.dist.distributed else float(len(batch))
+            loss_value, n = self._train_step(batch)
             if loss_value is not None:
                 self.epoch_state["loss_sum"] += loss_value * n
                 self.epoch_state["samples"] += n
@@ -484,8 +489,11 @@ class Trainer:
             return self.kd_loss(logits, teacher_logits)
         return self.criterion(logits, targets)
 
-    def _train_step(self, batch) -> float | None:
-        """One optimiser step on a batch; returns the loss averaged over ranks (None: no step was possible).
+    def _train_step(self, batch) -> tuple[float | None, float]:
+        """One optimiser step on a batch; returns (mean loss over all ranks' samples, samples over all ranks).
+
+        The loss is None when no step was possible. One host synchronisation per step: the loss is read (and, under
+        DDP, summed over the ranks together with the sample count in one all-reduce) before the update.
 
         Raises:
             NonFiniteLoss: before the weights are touched, so ``last.pth`` still holds the last good state.
@@ -501,29 +509,33 @@ class Trainer:
             targets = tuple(t[:-1] for t in targets) if fkd else targets[:-1]
         have_data = len(images) > 0
         if not have_data and not self.dist.distributed:
-            return None  # every file of this batch was unreadable
+            return None, 0.0  # every file of this batch was unreadable
         if self.mixup is not None and have_data:
             if fkd:  # same lambda and pairing for the soft labels; dense [B, C] target built on the device
                 images, targets = mix_fkd_batch(self.mixup, images, *targets, self.source.num_classes,
                                                 self.cfg["soft_label"])
             else:
                 images, targets = self.mixup(images, targets)
-        if self.graphed is not None and have_data:  # forward, backward and update replayed as one CUDA graph
-            loss_value = self.graphed(images, targets).item()
+        if self.graphed is not None and (have_data or self.dist.distributed):
+            # forward, backward and update replayed as one CUDA graph (its stats are summed over ranks in the graph)
+            loss_sum, n = self.graphed(images, targets).tolist()
+            loss_value = loss_sum / max(n, 1.0)
             if not math.isfinite(loss_value):
                 raise NonFiniteLoss(self.step + 1, loss_value)  # the step is applied; last.pth is the last good state
             if self.ema is not None:
                 self.ema.update(self.model, step=self.step + 1)
-            return loss_value
+            return loss_value, n
         with autocast(self.device, self.amp_dtype):
             if have_data:
                 loss = self._loss(images, targets)
             else:
                 # DDP ranks must all join the gradient all-reduce: a zero-gradient pass over every parameter
                 loss = sum(p.sum() for p in self.ddp_model.parameters()) * 0.0
+        n = float(len(images))
         loss_value = loss.item()
-        if self.dist.distributed:
-            loss_value = all_reduce_sum([loss_value], self.device)[0] / self.dist.world_size
+        if self.dist.distributed:  # every rank sees the same value, so a non-finite loss stops all of them
+            loss_sum, n = all_reduce_sum([loss_value * n, n], self.device)
+            loss_value = loss_sum / max(n, 1.0)
         if not math.isfinite(loss_value):
             raise NonFiniteLoss(self.step + 1, loss_value)
         self.optimizer.zero_grad(set_to_none=True)
@@ -535,7 +547,7 @@ class Trainer:
         self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.model, step=self.step + 1)
-        return loss_value
+        return loss_value, n
 
 
 def load_resume_state(run_dir: Path) -> dict[str, Any]:
