@@ -3,6 +3,8 @@
 # against eager DDP, and fkd-label from a 64 px checkpoint teacher (1 process vs 2 ranks). Run from the repo root on a
 # machine with 2 GPUs; writes to $OUT. Sections run in priority order and each is skipped when too little of the
 # BUDGET (seconds) is left, so one device call always returns what it finished.
+#   0. the training loader alone (benchmarks/bench_loader.py): the img/s that $WORKERS workers deliver, the ceiling
+#      of any K=1 figure below.
 #   A. 224 px, 30,720-image subset, 2 epochs, global batch 512: --cuda-graph at K = 1, 2 (EAGER=1: also eager).
 #   B. 64 px, all of Fashion-MNIST, 3 epochs, global batch 512, --cuda-graph at K = 1, 2 (loss curves, scaling).
 #   C. fkd-label with B's K = 1 checkpoint as teacher: 1 process vs torchrun with 2 ranks, shards byte-identical.
@@ -16,10 +18,13 @@ left() { echo $((DEADLINE - SECONDS)); }
   python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, 'gpus', torch.cuda.device_count(), 'nccl', torch.cuda.nccl.version())"; } > $OUT/env.txt 2>&1
 cat $OUT/env.txt
 DATA=${DATA:-fashion-mnist}
-WORKERS=${WORKERS:-7}
+WORKERS=${WORKERS:-15}  # per rank; 2 x 15 + 2 main processes fill a 32-core host
+# Colour jitter off (CJ=0.3 to put it back): on grey Fashion-MNIST at 224 px it is ~45% of a worker's per-image cost
+# (docs/benchmarks.md), and with it 7 workers capped the K=1 run below the GPU's pace (2026-11-24 calls).
+CJ=${CJ:-0}
 GLOBAL=${GLOBAL:-512}
 BASE="--model sret_t --data $DATA --lr 1e-3 --warmup-epochs 1 --aa '' --mixup 0 --cutmix 0 --reprob 0 --scale 0.5 1.0 \
-  --log-every 5 --seed 0 --workers $WORKERS"
+  --color-jitter $CJ --log-every 5 --seed 0 --workers $WORKERS"
 train() {  # name K need_seconds extra-flags...
   local name=$1 K=$2 need=$3; shift 3
   if [ "$(left)" -lt "$need" ]; then echo "== $name: skipped, $(left) s left" | tee -a $OUT/commands.txt; return; fi
@@ -31,6 +36,8 @@ train() {  # name K need_seconds extra-flags...
   [ -f runs/$name/log.csv ] && { echo "-- $name"; cat runs/$name/log.csv; } >> $OUT/logs.csv
   tail -n 4 $OUT/$name.log
 }
+python3 benchmarks/bench_loader.py --data $DATA --img-size 224 --batch-size $GLOBAL --workers $WORKERS --color-jitter $CJ \
+  --batches 30 --results-file $OUT/loader.json 2>&1 | tail -n 3 | tee -a $OUT/commands.txt
 S224="--img-size 224 --train-subset 30720 --val-subset 2048 --epochs 2"
 train g224_k1 1 60 $S224 --cuda-graph
 train g224_k2 2 60 $S224 --cuda-graph

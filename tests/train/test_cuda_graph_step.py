@@ -29,6 +29,10 @@ class _FakeGraph:
 
     def __init__(self) -> None:
         self.lrs = None
+        self.freed = False
+
+    def reset(self) -> None:
+        self.freed = True
 
     def replay(self) -> None:
         step = _FakeGraph.step
@@ -174,3 +178,7 @@ def test_ddp_step_warms_up_longer_and_tops_up_short_batches(fake_cuda, one_rank_
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(Exception, match="cannot replay the step captured for 8"):
         step(torch.randn(9, 10), torch.randint(0, 3, (9,)))
+
+    graph = step.graph
+    step.release()  # what `sret train` does before destroying the process group
+    assert graph.freed and step.graph is None and step.static_inputs is None and step.static_stats is None
