@@ -91,21 +91,28 @@ def _model():
     return nn.Sequential(nn.Linear(10, 16), nn.GELU(), nn.Linear(16, 3))
 
 
+def _train_eager(lrs, batches, clip_grad=None, weight_decay=0.01):
+    """The reference: plain eager AdamW training of ``_model()`` with the learning rate set before every step."""
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=lrs[0], weight_decay=weight_decay)
+    losses = []
+    for lr, (x, y) in zip(lrs, batches):
+        opt.param_groups[0]["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        if clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        opt.step()
+        losses.append(loss.item())
+    return model, losses
+
+
 def test_graphed_step_trains_like_eager(fake_cuda):
     lrs = [1e-2, 1e-2, 5e-3, 5e-3, 2e-3, 2e-3, 1e-3, 1e-3, 5e-4, 5e-4]  # a schedule that changes after capture
     batches = _batches(len(lrs))
 
-    eager = _model()
-    opt_e = torch.optim.AdamW(eager.parameters(), lr=lrs[0], weight_decay=0.05)
-    losses_e = []
-    for lr, (x, y) in zip(lrs, batches):
-        opt_e.param_groups[0]["lr"] = lr
-        opt_e.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(eager(x), y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(eager.parameters(), 1.0)
-        opt_e.step()
-        losses_e.append(loss.item())
+    eager, losses_e = _train_eager(lrs, batches, clip_grad=1.0, weight_decay=0.05)
 
     graphed = _model()
     opt_g = torch.optim.AdamW(graphed.parameters(), lr=lrs[0], weight_decay=0.05, capturable=False)
@@ -147,16 +154,7 @@ def test_ddp_step_warms_up_longer_and_tops_up_short_batches(fake_cuda, one_rank_
     batches[short] = (x[:5], y[:5])  # 5 of 8 samples after capture: filled up as samples 0-4, 0-2
     filled = [(torch.cat([x[:5], x[:3]]), torch.cat([y[:5], y[:3]])) if i == short else b for i, b in enumerate(batches)]
 
-    eager = _model()
-    opt_e = torch.optim.AdamW(eager.parameters(), lr=lrs[0])
-    losses_e = []
-    for lr, (bx, by) in zip(lrs, filled):
-        opt_e.param_groups[0]["lr"] = lr
-        opt_e.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(eager(bx), by)
-        loss.backward()
-        opt_e.step()
-        losses_e.append(loss.item())
+    eager, losses_e = _train_eager(lrs, filled)
 
     graphed = _model()
     opt_g = torch.optim.AdamW(graphed.parameters(), lr=lrs[0])
