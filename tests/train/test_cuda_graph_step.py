@@ -63,6 +63,8 @@ def _fake_capture(graph: _FakeGraph, stream=None, capture_error_mode=None):
 
 
 class _FakeStream:
+    device = None
+
     def wait_stream(self, other) -> None:
         pass
 

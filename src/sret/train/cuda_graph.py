@@ -30,6 +30,8 @@ last good state either way.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 import torch
@@ -41,6 +43,19 @@ from sret.errors import SReTError
 
 CAPTURABLE_OPTIMIZERS = ("adam", "adamw")
 DDP_WARMUP = 11  # eager DDP steps PyTorch asks for before a capture (DDP settles its buckets over the first steps)
+
+
+@contextlib.contextmanager
+def side_stream(stream: torch.cuda.Stream) -> Iterator[None]:
+    """Run the block on ``stream``, after the current stream's queued work and before its later work.
+
+    Capture needs its warm-up work (and, under DDP, DDP's construction) on a stream other than the default one.
+    """
+    current = torch.cuda.current_stream(stream.device)
+    stream.wait_stream(current)
+    with torch.cuda.stream(stream):
+        yield
+    current.wait_stream(stream)
 
 
 class GraphedTrainStep:
@@ -142,12 +157,8 @@ class GraphedTrainStep:
     def __call__(self, images: torch.Tensor, targets: Any) -> torch.Tensor:
         self.steps += 1
         if self.graph is None and self.steps <= self.warmup:
-            current = torch.cuda.current_stream(self.device)
-            self.stream.wait_stream(current)
-            with torch.cuda.stream(self.stream):
-                stats = self._eager(images, targets, set_to_none=True)
-            current.wait_stream(self.stream)
-            return stats
+            with side_stream(self.stream):
+                return self._eager(images, targets, set_to_none=True)
         if self.graph is None:
             self._capture(images, targets)
         else:

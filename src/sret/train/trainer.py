@@ -14,6 +14,7 @@ so an FKD run resumes mid-pass exactly like a plain one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
@@ -44,7 +45,7 @@ from sret.train.checkpoint import (
     atomic_save, atomic_write_text, capture_rng, load_checkpoint, load_model_checkpoint, read_metadata, restore_rng,
 )  # fmt: skip
 from sret.train.config import dump_yaml
-from sret.train.cuda_graph import GraphedTrainStep
+from sret.train.cuda_graph import GraphedTrainStep, side_stream
 from sret.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
 from sret.train.evaluate import autocast, evaluate
 from sret.train.factory import build_model, default_drop_path
@@ -207,12 +208,8 @@ class Trainer:
         graph_stream = torch.cuda.Stream(self.device) if graphed else None
         if dist_info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            if graph_stream is not None:  # a DDP step is captured on the stream DDP was built on (PyTorch's rule)
-                graph_stream.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(graph_stream):
-                    self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
-                torch.cuda.current_stream(self.device).wait_stream(graph_stream)
-            else:
+            # a DDP step is captured on the stream DDP was built on (PyTorch's rule)
+            with side_stream(graph_stream) if graph_stream is not None else contextlib.nullcontext():
                 self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
 
         self.mixup = None
