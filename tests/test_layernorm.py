@@ -95,6 +95,16 @@ SCRIPT = textwrap.dedent(
             assert rel(rstd, 1 / (x.var(-1, unbiased=False) + 1e-6).sqrt().view(-1)) < 1e-5
         r = K.residual_forward(x, y, c1, c2, None)
         assert rel(r, torch.addcmul(x * c1, y, c2)) < 1e-6
+        # Tokens reordered inside the kernels (sliced attention at inference): the LayerNorm reads the rows of each
+        # sample in the order perm, the residual reads y back through the inverse.
+        perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))  # leaves the global RNG as it was
+        inv = torch.empty_like(perm)
+        inv[perm] = torch.arange(40)
+        xs, _, _ = ln_forward(x.view(-1, C), lw, lb, 1e-6, torch.float32, rows=perm)
+        assert rel(xs, F.layer_norm(x[:, perm].double(), (C,), lw.double(), lb.double(), 1e-6).view(-1, C)) < 1e-6
+        r = K.residual_forward(x, y[:, perm].contiguous(), c1, c2, torch.tensor([0.5, 2.0]), y_rows=inv)
+        want = torch.addcmul(x * c1, y, c2 * torch.tensor([0.5, 2.0]).view(2, 1, 1))
+        assert rel(r, want) < 1e-6, rel(r, want)
 
     # A whole model: fast path on (interpreter) and off give the same logits and gradients, first with the plain
     # modules (TokenLayerNorm's kernels), then with the fused sublayers (the residual-fused backward kernel).
@@ -117,6 +127,21 @@ SCRIPT = textwrap.dedent(
         torch.testing.assert_close(fast[0], native[0], rtol=1e-4, atol=1e-5)
         for a, b in zip(fast[1], native[1]):
             assert rel(a, b) < 1e-4 or (a - b).abs().max() < 1e-6, (fused, rel(a, b))
+    # Inference (fixed permutations, no autograd): the fused attention sublayer shuffles inside its kernels.
+    model.eval()
+    with torch.no_grad():
+        os.environ["SRET_FAST_LN"], os.environ["SRET_FUSED"] = "1", "1"
+        from sret.models import layernorm as LN
+        seen = []
+        plain_ln_forward = LN.ln_forward
+        LN.ln_forward = lambda *a, **k: seen.append(k.get("rows") is not None) or plain_ln_forward(*a, **k)
+        fused_eval = model(x)
+        LN.ln_forward = plain_ln_forward
+        os.environ["SRET_FAST_LN"], os.environ["SRET_FUSED"] = "0", "0"
+        plain_eval = model(x)
+    assert any(seen), "the shuffled LayerNorm path did not run"
+    torch.testing.assert_close(fused_eval, plain_eval, rtol=1e-4, atol=1e-5)
+    model.train()
     # The fused sublayers under float16 autocast: the one-launch forward kernels (SRET_FUSED_KERNELS=1) against the
     # same sublayers made of PyTorch ops; logits and every gradient agree to float16 rounding.
     def run16(kernels):

@@ -134,3 +134,28 @@ def test_fused_path_off_under_dispatch_modes_and_dropout(monkeypatch):
     model = sret.create_model("sret_t", img_size=64, num_classes=10, proj_drop_rate=0.1).train()
     model(torch.randn(1, 3, 64, 64))
     assert calls == ["_MlpResidual"] * 20
+
+
+def test_inference_does_not_keep_what_only_backward_needs(monkeypatch):
+    """Under ``torch.no_grad`` the MLP kernels are asked not to write their hidden layer for a backward, and the
+    attention sublayer takes the in-kernel shuffle; with autograd recording, both do what backward needs."""
+    from sret.models import fused
+
+    saves: list[bool] = []
+    original = fused._kernels.mlp_residual_forward
+    monkeypatch.setattr(fused._kernels, "mlp_residual_forward",
+                        lambda *a, save, **k: saves.append(save) or original(*a, save=save, **k))
+    model = sret.create_model("sret_t", img_size=64, num_classes=10)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model.eval()(x)
+    assert len(saves) == 40 and not any(saves)
+    saves.clear()
+    model.eval()(x)  # eval mode, but recording (e.g. saliency maps): the backward must work
+    assert len(saves) == 40 and all(saves)
+    saves.clear()
+    x.requires_grad_(True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model(x).sum().backward()  # only the input needs a gradient: still a graph to build
+    assert all(saves) and x.grad is not None and x.grad.abs().sum() > 0

@@ -96,11 +96,8 @@ class RecursiveBlock(nn.Module):
         inv_perm: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         if self._fused_ok(x):
-            def attend(qkv: torch.Tensor) -> torch.Tensor:
-                return self.attn.attend(qkv, groups, perm, inv_perm)
-
-            x = fused.attn_residual(x, self.norm1, self.attn, attend, self.coefficient1, self.coefficient2,
-                                    _drop_path_scale(self.drop_path, x))
+            x = fused.attn_residual(x, self.norm1, self.attn, groups, perm, inv_perm, self.coefficient1,
+                                    self.coefficient2, _drop_path_scale(self.drop_path, x))
             return fused.mlp_residual(x, self.norm2, self.mlp, self.coefficient3, self.coefficient4,
                                       _drop_path_scale(self.drop_path, x))
         y = self.drop_path(self.attn(self.norm1(x), groups, perm, inv_perm))

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from sret.models import layernorm as _ln
+from sret.models.attention import invert_permutation
 from sret.models import sublayer_kernels as _kernels
 
 
@@ -164,11 +165,11 @@ class _MlpResidual(torch.autograd.Function):
     """``c1 * x + c2 * s * fc2(gelu(fc1(LN(x))))`` for x (B, N, C) float32 (or float64)."""
 
     @staticmethod
-    def forward(ctx, x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps: float, dtype: torch.dtype):
+    def forward(ctx, x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps: float, dtype: torch.dtype, training: bool):
         B, N, C = x.shape
         triton = _use_triton(x)
         fused = _kernels.mlp_residual_forward(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype,
-                                              save=any(ctx.needs_input_grad))
+                                              save=training)
         if fused is not None:  # one Triton launch (CUDA, bf16/fp16)
             out, h, mean, rstd = fused
             triton = True
@@ -196,7 +197,7 @@ class _MlpResidual(torch.autograd.Function):
         dx, dlw, dlb, dw1, db1, dc1, gb2 = _ln_linear_backward(dh, x, ln_w, ln_b, w1, mean, rstd, g, c1, scale,
                                                                ctx.eps, dtype, triton)
         dw2, db2, dc2 = _finish_projection(gw2, gb2, w2, b2, c2)
-        return (dx, dlw, dlb, dw1, db1, dw2, db2, dc1, dc2, None, None, None)
+        return (dx, dlw, dlb, dw1, db1, dw2, db2, dc1, dc2, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------- the attention sublayer
@@ -225,9 +226,14 @@ class _AttnResidual(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, ln_w, ln_b, wqkv, bqkv, wp, bp, c1, c2, scale, eps: float, dtype: torch.dtype,
-                attend: Callable[[torch.Tensor], torch.Tensor], heads: int, width: int):
+                attend: Callable[..., torch.Tensor], perm: Optional[torch.Tensor], inv_perm: Optional[torch.Tensor],
+                heads: int, width: int, training: bool):
         B, N, C = x.shape
         triton = _use_triton(x)
+        # Inference with a token shuffle: the LayerNorm reads the rows in shuffled order and the residual reads the
+        # branch back through the inverse, so the shuffle and un-shuffle cost no passes of their own. (Training keeps
+        # the gathers inside ``attend``: its backward re-runs ``attend`` on grid-ordered q/k/v.)
+        shuffle_in_kernels = perm is not None and triton and not training
         if width:
             wqkv_e = _pad_heads(wqkv, heads, C // heads, width)  # (3 * heads * width, C), zero rows in the padding
             bqkv_e = _pad_heads(bqkv, heads, C // heads, width)
@@ -236,27 +242,36 @@ class _AttnResidual(torch.autograd.Function):
             wqkv_e, bqkv_e, wp_e = wqkv, bqkv, wp
         x2 = x.reshape(B * N, C)
         with torch.autocast(x.device.type, enabled=False):
-            xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)
+            if shuffle_in_kernels:
+                xn, mean, rstd = _ln.ln_forward(x2, ln_w, ln_b, eps, dtype, rows=perm)  # (B*N, C), shuffled order
+            else:
+                xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)
             qkv = torch.addmm(bqkv_e.to(dtype), xn, wqkv_e.to(dtype).t()).view(B, N, -1)  # (B, N, 3 * heads * D)
-            o = attend(qkv).reshape(B * N, -1)  # (B*N, heads * D), grid token order
+            if shuffle_in_kernels:
+                o = attend(qkv, None, None).reshape(B * N, -1)  # (B*N, heads * D), still shuffled
+            else:
+                o = attend(qkv, perm, inv_perm).reshape(B * N, -1)  # (B*N, heads * D), grid token order
             y = torch.addmm(bp.to(dtype), o, wp_e.to(dtype).t()).view(B, N, C)
-            out = _kernels.residual_forward(x, y, c1, c2, scale) if triton else None
+            if shuffle_in_kernels:
+                out = _kernels.residual_forward(x, y, c1, c2, scale, y_rows=inv_perm)  # grid order again
+            else:
+                out = _kernels.residual_forward(x, y, c1, c2, scale) if triton else None
             if out is None:
                 out = _residual(x, y, c1, _branch_scale(c2, scale, B))
-        ctx.save_for_backward(x, ln_w, ln_b, wqkv_e, wp, wp_e, bp, c1, c2, scale, qkv, mean, rstd)
+        ctx.save_for_backward(x, ln_w, ln_b, wqkv_e, wp, wp_e, bp, c1, c2, scale, qkv, mean, rstd, perm, inv_perm)
         ctx.eps, ctx.dtype, ctx.triton, ctx.attend, ctx.heads, ctx.width = eps, dtype, triton, attend, heads, width
         return out
 
     @staticmethod
     def backward(ctx, g):
-        x, ln_w, ln_b, wqkv_e, wp, wp_e, bp, c1, c2, scale, qkv, mean, rstd = ctx.saved_tensors
+        x, ln_w, ln_b, wqkv_e, wp, wp_e, bp, c1, c2, scale, qkv, mean, rstd, perm, inv_perm = ctx.saved_tensors
         dtype, triton, heads, width = ctx.dtype, ctx.triton, ctx.heads, ctx.width
         B, N, C = x.shape
         g = g.contiguous()
         g_s = g if scale is None else g * scale.view(B, 1, 1)
         with torch.enable_grad():
             qkv_in = qkv.detach().requires_grad_(True)
-            o = ctx.attend(qkv_in)  # (B, N, heads * D), recomputed
+            o = ctx.attend(qkv_in, perm, inv_perm)  # (B, N, heads * D), recomputed
         o2 = o.detach().reshape(B * N, -1)
         do, gwp = _projection_grads(g_s.view(B * N, C), o2, wp_e, c2, dtype)
         (dqkv,) = torch.autograd.grad(o, qkv_in, do.view(B, N, -1))
@@ -267,7 +282,7 @@ class _AttnResidual(torch.autograd.Function):
             dbqkv = _unpad_heads(dbqkv, heads, width, C // heads)
             gwp = _unpad_heads(gwp.t(), heads, width, C // heads).t()
         dwp, dbp, dc2 = _finish_projection(gwp, gbp, wp, bp, c2)
-        return (dx, dlw, dlb, dwqkv, dbqkv, dwp, dbp, dc1, dc2, None, None, None, None, None, None)
+        return (dx, dlw, dlb, dwqkv, dbqkv, dwp, dbp, dc1, dc2, None, None, None, None, None, None, None, None, None)
 
 
 # ------------------------------------------------------------------------------------------------ entry points
@@ -275,16 +290,34 @@ def _coefs(c1, c2):
     return (c1.bias, c2.bias) if c1 is not None else (None, None)
 
 
+def _builds_graph(x: torch.Tensor, *params: torch.Tensor) -> bool:
+    """Whether this call will be differentiated: grad mode on and an input that requires grad.
+
+    Decided before ``Function.apply``: inside ``forward`` grad mode is always off, and ``ctx.needs_input_grad``
+    follows ``requires_grad`` alone (True for parameters under ``torch.no_grad`` too). Inference must not pay for
+    what only a backward needs (the MLP kernels writing their hidden layer for it, tiles tuned for that).
+    """
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+
+
 def mlp_residual(x: torch.Tensor, norm, mlp, c1, c2, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Fused ``c1 * x + c2 * s * mlp(norm(x))`` for a ``TokenLayerNorm`` and a timm ``Mlp`` (GELU, no norm)."""
     a, b = _coefs(c1, c2)
     return _MlpResidual.apply(x.contiguous(), norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight,
-                              mlp.fc2.bias, a, b, scale, norm.eps, compute_dtype(x))
+                              mlp.fc2.bias, a, b, scale, norm.eps, compute_dtype(x),
+                              _builds_graph(x, mlp.fc1.weight, mlp.fc2.weight, norm.weight))
 
 
-def attn_residual(x: torch.Tensor, norm, attn, attend: Callable[[torch.Tensor], torch.Tensor], c1, c2,
-                  scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Fused ``c1 * x + c2 * s * proj(attend(qkv(norm(x))))`` for a ``SlicedGroupAttention``."""
+def attn_residual(x: torch.Tensor, norm, attn, groups: int, perm: Optional[torch.Tensor],
+                  inv_perm: Optional[torch.Tensor], c1, c2, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fused ``c1 * x + c2 * s * proj(attend(qkv(norm(x))))`` for a ``SlicedGroupAttention`` with ``groups`` groups
+    over tokens shuffled by ``perm`` (optional; ``inv_perm`` its inverse, made here if None)."""
+    if perm is not None and inv_perm is None:
+        inv_perm = invert_permutation(perm)
+
+    def attend(qkv: torch.Tensor, p: Optional[torch.Tensor], inv: Optional[torch.Tensor]) -> torch.Tensor:
+        return attn.attend(qkv, groups, p, inv)
+
     a, b = _coefs(c1, c2)
     # Head dims that are not a multiple of 8 (SReT-S: 42) are carried padded to the next multiple through the sdpa
     # kernels (see _AttnResidual); on an H100 the pad/unpad copies flash attention makes otherwise took ~15 % of
@@ -292,4 +325,5 @@ def attn_residual(x: torch.Tensor, norm, attn, attend: Callable[[torch.Tensor], 
     width = -(-attn.head_dim // 8) * 8 if attn.attn_impl == "sdpa" and attn.head_dim % 8 else 0
     return _AttnResidual.apply(x.contiguous(), norm.weight, norm.bias, attn.qkv.weight, attn.qkv.bias,
                                attn.proj.weight, attn.proj.bias, a, b, scale, norm.eps, compute_dtype(x), attend,
-                               attn.num_heads, width)
+                               perm, inv_perm, attn.num_heads, width,
+                               _builds_graph(x, attn.qkv.weight, attn.proj.weight, norm.weight))

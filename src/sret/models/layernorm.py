@@ -48,8 +48,8 @@ def fast_layer_norm_available(x: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _ln_fwd(X, Y, W, B, Mean, Rstd, M, C, Y_STRIDE, eps, PAD: tl.constexpr, ONES: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _ln_fwd(X, Y, W, B, Mean, Rstd, IDX, M, C, Y_STRIDE, N_TOK, eps, PAD: tl.constexpr, ONES: tl.constexpr,
+                HAS_IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
         # With PAD > 0 each output row is followed by PAD (<= 8) extra columns, zero, or with ONES (1, 0, ..., 0): a
         # weight-gradient GEMM against that matrix then yields the bias gradient as its extra column (no separate
         # reduction pass); zero padding gives 16-byte aligned rows for the GEMM kernels.
@@ -58,7 +58,10 @@ if triton is not None:
         rmask = rows < M
         cmask = cols < C
         mask = rmask[:, None] & cmask[None, :]
-        offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+        src = rows.to(tl.int64)
+        if HAS_IDX:  # output row r is input row (r // N) * N + IDX[r % N]: tokens reordered within each sample
+            src = (src // N_TOK) * N_TOK + tl.load(IDX + rows % N_TOK, mask=rmask, other=0).to(tl.int64)
+        offs = src[:, None] * C + cols[None, :]
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         mean = tl.sum(x, axis=1) / C
         xc = tl.where(mask, x - mean[:, None], 0.0)
@@ -145,14 +148,22 @@ def ones_column_width(C: int) -> int:
 
 def ln_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                out_dtype: torch.dtype, ones_column: bool = False, width: Optional[int] = None,
+               rows: Optional[torch.Tensor] = None,
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LayerNorm of contiguous rows ``x2`` (M, C): ``(y in out_dtype, mean (M,), rstd (M,))``, float32 statistics.
 
     With ``ones_column`` y is (M, :func:`ones_column_width`) with column C all ones and the rest of the padding zero:
     ``dz.T @ y`` then holds the weight gradient in its first C columns and the bias gradient in column C. Otherwise
     ``width`` (C to C + 8) gives rows of that many columns, the extra ones zero.
+
+    ``rows`` (a permutation of the N tokens of each sample, int64, M divisible by N) reorders the tokens on the way
+    in: output row ``b * N + j`` is the LayerNorm of input row ``b * N + rows[j]``. The sliced attention's shuffle
+    then costs no pass of its own (the statistics follow the output order).
     """
     M, C = x2.shape
+    tokens = rows.numel() if rows is not None else 1
+    if rows is not None and (M % tokens or rows.dtype != torch.int64):
+        raise ValueError(f"ln_forward: rows must be an int64 permutation of the tokens of each of the {M} rows' samples")
     width = ones_column_width(C) if ones_column else (width or C)
     if not C <= width <= C + 8:
         raise ValueError(f"ln_forward: width {width} must be within C = {C} and C + 8")
@@ -160,8 +171,9 @@ def ln_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: 
     mean = torch.empty(M, device=x2.device, dtype=torch.float32)
     rstd = torch.empty(M, device=x2.device, dtype=torch.float32)
     block_m, block_c = _tiling(C)
-    _ln_fwd[(triton.cdiv(M, block_m),)](x2, y, weight, bias, mean, rstd, M, C, width, eps, PAD=width - C,
-                                        ONES=ones_column, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
+    _ln_fwd[(triton.cdiv(M, block_m),)](x2, y, weight, bias, mean, rstd, rows if rows is not None else mean, M, C,
+                                        width, tokens, eps, PAD=width - C, ONES=ones_column,
+                                        HAS_IDX=rows is not None, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
     return y, mean, rstd
 
 

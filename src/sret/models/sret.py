@@ -23,6 +23,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from sret.errors import SReTError
+from sret.models import fused
 from sret.models.attention import AttnImpl
 from sret.models.stage import EvalPermutation, RecursiveStage
 
@@ -65,10 +66,60 @@ class ConvStem(nn.Module):
             # NCHW BatchNorm backward alone was ~8 ms of a 95 ms SReT-T training step at batch 256 on an H100; stem
             # forward + backward 16.9 -> 6.1 ms). The output stays channels-last, which is also exactly the memory
             # order of the (B, N, C) tokens the stages work on, so the token view after it needs no copy.
+            if not self.training and not torch.is_grad_enabled() and fused.fused_enabled():
+                return self._forward_folded(x)
             x = x.contiguous(memory_format=torch.channels_last)
         x = F.relu(self.bn1(self.conv1(x)))  # (B, C/2, H/2, W/2)
         x = F.relu(self.bn2(self.conv2(x)))  # (B, C, H/4, W/4)
         return F.relu(self.bn3(self.conv3(x)))  # (B, C, H/8, W/8)
+
+    def folded(self) -> List[Tuple[torch.Tensor, torch.Tensor, nn.Conv2d]]:
+        """Each conv with its eval-mode BatchNorm folded in, computed in float32 (or the weights' wider dtype).
+
+        ``BN(conv(x) + b) = conv(x) * s + (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``: the conv
+        weight scaled per output channel, and one bias. Only valid with running statistics (eval mode).
+        """
+        out = []
+        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
+            dtype = torch.promote_types(conv.weight.dtype, torch.float32)
+            s = bn.weight.to(dtype) * torch.rsqrt(bn.running_var.to(dtype) + bn.eps)  # (C_out,)
+            w = conv.weight.to(dtype) * s[:, None, None, None]  # (C_out, C_in, 3, 3)
+            b = (conv.bias.to(dtype) - bn.running_mean.to(dtype)) * s + bn.bias.to(dtype)
+            out.append((w, b, conv))
+        return out
+
+    def _forward_folded(self, x: torch.Tensor, fused_relu: bool = True) -> torch.Tensor:
+        """Inference on CUDA: three conv + bias + ReLU launches instead of conv, bias add, BatchNorm and ReLU each.
+
+        Why: at 224 px the stem's first maps are the largest tensors of the model (B x 112 x 112 x C/2), and in
+        eval every extra elementwise pass over them (the conv's separate bias add, the BatchNorm transform, the
+        ReLU) is a full read and write of memory. cuDNN's fused conv-bias-ReLU (``torch.cudnn_convolution_relu``)
+        does the whole layer in one kernel; the input is cast to the compute dtype and made channels-last in one
+        copy. The result equals the unfused layers up to the rounding of the folded weights in the compute dtype.
+        ``fused_relu=False`` (and any device or dtype cuDNN refuses) runs ``conv2d`` and ``relu`` separately.
+        """
+        dtype = fused.compute_dtype(x)
+        x = x.to(dtype, memory_format=torch.channels_last)  # (B, C, H, W), one copy for layout and cast
+        with torch.autocast(x.device.type, enabled=False):
+            for w, b, conv in self.folded():
+                w = w.to(dtype).contiguous(memory_format=torch.channels_last)
+                b = b.to(dtype)
+                x = _conv_bias_relu(x, w, b, conv, fused_relu)  # (B, C_out, ceil(H/2), ceil(W/2))
+        return x
+
+
+_CUDNN_CONV_RELU_FAILED: set = set()
+
+
+def _conv_bias_relu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, conv: nn.Conv2d, fused_relu: bool):
+    """``relu(conv2d(x, w, b))`` with ``conv``'s geometry; one cuDNN launch where cuDNN takes it."""
+    key = (x.device.type, x.dtype)
+    if fused_relu and x.is_cuda and key not in _CUDNN_CONV_RELU_FAILED:
+        try:
+            return torch.cudnn_convolution_relu(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+        except RuntimeError:  # a dtype or cuDNN build without the fused engine: remember, and use the plain ops
+            _CUDNN_CONV_RELU_FAILED.add(key)
+    return F.relu(F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups))
 
 
 class DepthwisePool(nn.Module):

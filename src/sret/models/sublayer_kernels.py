@@ -109,15 +109,18 @@ if triton is not None:
             tl.store(RSTD + rows, rstd, mask=rmask)
 
     @triton.jit
-    def _residual_fwd(X, Y, C1, K, OUT, M, C, N_TOK, HAS_C1: tl.constexpr, K_PER_SAMPLE: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _residual_fwd(X, Y, C1, K, OUT, IDX, M, C, N_TOK, HAS_C1: tl.constexpr, K_PER_SAMPLE: tl.constexpr,
+                      HAS_IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.arange(0, BLOCK_C)
         rmask = rows < M
         mask = rmask[:, None] & (cols < C)[None, :]
         offs = rows[:, None].to(tl.int64) * C + cols[None, :]
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-        y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+        yrows = rows.to(tl.int64)
+        if HAS_IDX:  # y row of token r: (r // N) * N + IDX[r % N] (y is in another token order)
+            yrows = (yrows // N_TOK) * N_TOK + tl.load(IDX + rows % N_TOK, mask=rmask, other=0).to(tl.int64)
+        y = tl.load(Y + yrows[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         out = _residual_tile(x, y, C1, K, rows, rmask, N_TOK, HAS_C1, K_PER_SAMPLE)
         tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
@@ -322,17 +325,25 @@ GEMM_TILES: dict[tuple[int, int, bool], tuple[tuple[int, int, int, int, int], tu
 }
 
 
-def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale) -> Optional[torch.Tensor]:
-    """``c1 * x + c2 * s * y`` (x float32 or lower, y in the compute dtype) in one pass, or None off CUDA."""
+def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale,
+                     y_rows: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """``c1 * x + c2 * s * y`` (x float32 or lower, y in the compute dtype) in one pass, or None off CUDA.
+
+    ``y_rows`` (N,) int64: y holds each sample's tokens in another order, token ``i`` of x pairs with row
+    ``y_rows[i]`` of y (the inverse of the permutation that made y's order).
+    """
     if not _device_ok(x):
         return None
     B, N, C = x.shape
+    if y_rows is not None and (y_rows.numel() != N or y_rows.dtype != torch.int64):
+        raise ValueError(f"residual_forward: y_rows must be an int64 permutation of the {N} tokens")
     out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
     k, per_sample = _branch_factor(x, c2, scale)
     block_c = triton.next_power_of_2(C)
     block_m = max(1, 4096 // block_c)
     M = B * N
-    _residual_fwd[(triton.cdiv(M, block_m),)](x, y, c1 if c1 is not None else k, k, out, M, C, N,
-                                             HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, BLOCK_M=block_m,
+    _residual_fwd[(triton.cdiv(M, block_m),)](x, y, c1 if c1 is not None else k, k, out,
+                                             y_rows if y_rows is not None else k, M, C, N, HAS_C1=c1 is not None,
+                                             K_PER_SAMPLE=per_sample, HAS_IDX=y_rows is not None, BLOCK_M=block_m,
                                              BLOCK_C=block_c, num_warps=4)
     return out

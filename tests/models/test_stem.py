@@ -1,0 +1,43 @@
+"""The eval-mode stem with BatchNorm folded into the convs (the CUDA inference path) against the plain layers."""
+
+from __future__ import annotations
+
+import torch
+
+from sret.models.sret import ConvStem
+
+
+def _stem_with_statistics(seed: int) -> ConvStem:
+    """A stem whose BatchNorms have non-trivial affine parameters and running statistics (a trained-looking one)."""
+    torch.manual_seed(seed)
+    stem = ConvStem(3, 64).double()
+    stem.train()
+    with torch.no_grad():
+        for _ in range(3):  # running statistics from real batches, away from the (0, 1) init
+            stem(torch.randn(4, 3, 32, 32, dtype=torch.float64) * 2 + 0.5)
+        for bn in (stem.bn1, stem.bn2, stem.bn3):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    return stem.eval()
+
+
+def test_folded_stem_equals_conv_bn_relu_in_float64():
+    stem = _stem_with_statistics(0)
+    x = torch.randn(2, 3, 40, 56, dtype=torch.float64)
+    with torch.no_grad():
+        ref = stem(x)  # CPU: the plain conv -> BN -> ReLU layers
+        out = stem._forward_folded(x, fused_relu=False)
+    assert out.shape == ref.shape == (2, 64, 5, 7)
+    assert (ref > 0).float().mean() > 0.2  # the ReLU is not trivially all-on or all-off
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_folded_weights_are_the_batchnorm_scale_and_shift():
+    stem = _stem_with_statistics(1)
+    (w, b, conv), _, _ = stem.folded()
+    bn = stem.bn1
+    s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    torch.testing.assert_close(w, conv.weight * s.view(-1, 1, 1, 1))
+    torch.testing.assert_close(b, (conv.bias - bn.running_mean) * s + bn.bias)
+    assert not torch.equal(b, conv.bias)  # the statistics really moved
+
