@@ -41,3 +41,20 @@ def test_folded_weights_are_the_batchnorm_scale_and_shift():
     torch.testing.assert_close(b, (conv.bias - bn.running_mean) * s + bn.bias)
     assert not torch.equal(b, conv.bias)  # the statistics really moved
 
+
+
+def test_padded_input_channels_change_nothing_in_float64(monkeypatch):
+    """The first conv over images padded with zero channels (and zero weights there) computes the same function."""
+    from sret.models import sret as sret_module
+
+    stem = _stem_with_statistics(3)
+    x = torch.randn(2, 3, 24, 40, dtype=torch.float64)
+    padded = sret_module._padded_input(x, torch.float64)
+    assert padded.shape == (2, 8, 24, 40) and padded.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(padded[:, :3], x) and not padded[:, 3:].any()
+    with torch.no_grad():
+        ref = stem(x)
+        out = stem._forward_folded(x, fused_relu=False)  # pads (SRET_STEM_PAD defaults on)
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+        monkeypatch.setenv("SRET_STEM_PAD", "0")
+        torch.testing.assert_close(stem._forward_folded(x, fused_relu=False), ref, rtol=1e-10, atol=1e-12)

@@ -68,6 +68,12 @@ class ConvStem(nn.Module):
             # order of the (B, N, C) tokens the stages work on, so the token view after it needs no copy.
             if not self.training and not torch.is_grad_enabled() and fused.fused_enabled():
                 return self._forward_folded(x)
+            if fused.fused_enabled() and _stem_pad(x.shape[1]):
+                x = _padded_input(x, fused.compute_dtype(x))  # (B, C_in + pad, H, W), channels-last
+                w = F.pad(self.conv1.weight, (0, 0, 0, 0, 0, x.shape[1] - self.conv1.in_channels))  # zero inputs
+                x = F.relu(self.bn1(F.conv2d(x, w, self.conv1.bias, self.conv1.stride, self.conv1.padding)))
+                x = F.relu(self.bn2(self.conv2(x)))  # (B, C, H/4, W/4)
+                return F.relu(self.bn3(self.conv3(x)))  # (B, C, H/8, W/8)
             x = x.contiguous(memory_format=torch.channels_last)
         x = F.relu(self.bn1(self.conv1(x)))  # (B, C/2, H/2, W/2)
         x = F.relu(self.bn2(self.conv2(x)))  # (B, C, H/4, W/4)
@@ -99,9 +105,14 @@ class ConvStem(nn.Module):
         ``fused_relu=False`` (and any device or dtype cuDNN refuses) runs ``conv2d`` and ``relu`` separately.
         """
         dtype = fused.compute_dtype(x)
-        x = x.to(dtype, memory_format=torch.channels_last)  # (B, C, H, W), one copy for layout and cast
+        if _stem_pad(x.shape[1]):
+            x = _padded_input(x, dtype)  # (B, C_in + pad, H, W), channels-last
+        else:
+            x = x.to(dtype, memory_format=torch.channels_last)  # (B, C, H, W), one copy for layout and cast
         with torch.autocast(x.device.type, enabled=False):
             for w, b, conv in self.folded():
+                if w.shape[1] < x.shape[1]:  # the first conv over zero-padded input channels: zero weights there
+                    w = F.pad(w, (0, 0, 0, 0, 0, x.shape[1] - w.shape[1]))
                 w = w.to(dtype).contiguous(memory_format=torch.channels_last)
                 b = b.to(dtype)
                 x = _conv_bias_relu(x, w, b, conv, fused_relu)  # (B, C_out, ceil(H/2), ceil(W/2))
@@ -109,6 +120,26 @@ class ConvStem(nn.Module):
 
 
 _CUDNN_CONV_RELU_FAILED: set = set()
+
+
+def _stem_pad(in_chans: int) -> int:
+    """Zero channels to add to the images before the first conv (CUDA eager path): up to a multiple of 8.
+
+    Why: with 3 input channels (6-byte bf16 pixels) cuDNN runs the first conv with a generic NHWC kernel; on an H100
+    at batch 256 it took ~0.5 ms for a layer that moves ~0.3 GB (docs/perf_notes.md). Eight channels give 16-byte
+    pixels that its implicit-GEMM kernels take. ``SRET_STEM_PAD=0`` switches this off.
+    """
+    if os.environ.get("SRET_STEM_PAD", "1") == "0":
+        return 0
+    return -in_chans % 8
+
+
+def _padded_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Images ``(B, C, H, W)`` as ``dtype``, channels-last, with ``_stem_pad(C)`` zero channels appended."""
+    B, C, H, W = x.shape
+    out = x.new_zeros((B, H, W, C + _stem_pad(C)), dtype=dtype)  # (B, H, W, C'), NHWC memory
+    out[..., :C] = x.permute(0, 2, 3, 1)  # one strided read of the images, cast on the way
+    return out.permute(0, 3, 1, 2)  # (B, C', H, W) view, channels-last strides
 
 
 def _conv_bias_relu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, conv: nn.Conv2d, fused_relu: bool):
