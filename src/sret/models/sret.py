@@ -105,14 +105,11 @@ class ConvStem(nn.Module):
         ``fused_relu=False`` (and any device or dtype cuDNN refuses) runs ``conv2d`` and ``relu`` separately.
         """
         dtype = fused.compute_dtype(x)
-        if _stem_pad(x.shape[1]):
-            x = _padded_input(x, dtype)  # (B, C_in + pad, H, W), channels-last
-        else:
-            x = x.to(dtype, memory_format=torch.channels_last)  # (B, C, H, W), one copy for layout and cast
+        # (No zero channels here, unlike training: in inference the padding's passes cost more than the first conv
+        # gains, measured on an H100: stem 0.89 -> 1.07 ms at batch 256, docs/perf_notes.md.)
+        x = x.to(dtype, memory_format=torch.channels_last)  # (B, C, H, W), one copy for layout and cast
         with torch.autocast(x.device.type, enabled=False):
             for w, b, conv in self.folded():
-                if w.shape[1] < x.shape[1]:  # the first conv over zero-padded input channels: zero weights there
-                    w = F.pad(w, (0, 0, 0, 0, 0, x.shape[1] - w.shape[1]))
                 w = w.to(dtype).contiguous(memory_format=torch.channels_last)
                 b = b.to(dtype)
                 x = _conv_bias_relu(x, w, b, conv, fused_relu)  # (B, C_out, ceil(H/2), ceil(W/2))
@@ -123,11 +120,12 @@ _CUDNN_CONV_RELU_FAILED: set = set()
 
 
 def _stem_pad(in_chans: int) -> int:
-    """Zero channels to add to the images before the first conv (CUDA eager path): up to a multiple of 8.
+    """Zero channels to add to the images before the first conv (CUDA eager training): up to a multiple of 8.
 
     Why: with 3 input channels (6-byte bf16 pixels) cuDNN runs the first conv with a generic NHWC kernel; on an H100
-    at batch 256 it took ~0.5 ms for a layer that moves ~0.3 GB (docs/perf_notes.md). Eight channels give 16-byte
-    pixels that its implicit-GEMM kernels take. ``SRET_STEM_PAD=0`` switches this off.
+    at batch 256 it took ~0.5 ms forward for a layer that moves ~0.3 GB. Eight channels give 16-byte pixels that its
+    implicit-GEMM kernels take; measured, the training step gained 0.6-0.9 % (docs/perf_notes.md, run 14).
+    ``SRET_STEM_PAD=0`` switches this off.
     """
     if os.environ.get("SRET_STEM_PAD", "1") == "0":
         return 0
