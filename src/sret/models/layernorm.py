@@ -163,7 +163,7 @@ def ln_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: 
     M, C = x2.shape
     tokens = rows.numel() if rows is not None else 1
     if rows is not None and (M % tokens or rows.dtype != torch.int64):
-        raise ValueError(f"ln_forward: rows must be an int64 permutation of the tokens of each of the {M} rows' samples")
+        raise ValueError(f"ln_forward: rows must be an int64 permutation of each sample's tokens ({M} rows in all)")
     width = ones_column_width(C) if ones_column else (width or C)
     if not C <= width <= C + 8:
         raise ValueError(f"ln_forward: width {width} must be within C = {C} and C + 8")
