@@ -70,14 +70,19 @@ class ConvStem(nn.Module):
                 return self._forward_folded(x)
             if fused.fused_enabled() and _stem_pad(x.shape[1]):
                 x = _padded_input(x, fused.compute_dtype(x))  # (B, C_in + pad, H, W), channels-last
-                w = F.pad(self.conv1.weight, (0, 0, 0, 0, 0, x.shape[1] - self.conv1.in_channels))  # zero inputs
-                x = F.relu(self.bn1(F.conv2d(x, w, self.conv1.bias, self.conv1.stride, self.conv1.padding)))
-                x = F.relu(self.bn2(self.conv2(x)))  # (B, C, H/4, W/4)
-                return F.relu(self.bn3(self.conv3(x)))  # (B, C, H/8, W/8)
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = F.relu(self.bn1(self.conv1(x)))  # (B, C/2, H/2, W/2)
+            else:
+                x = x.contiguous(memory_format=torch.channels_last)
+        x = F.relu(self.bn1(self._conv1(x)))  # (B, C/2, H/2, W/2)
         x = F.relu(self.bn2(self.conv2(x)))  # (B, C, H/4, W/4)
         return F.relu(self.bn3(self.conv3(x)))  # (B, C, H/8, W/8)
+
+    def _conv1(self, x: torch.Tensor) -> torch.Tensor:
+        """``conv1``, also over images carrying zero-padded channels (see :func:`_stem_pad`): zero weights there."""
+        extra = x.shape[1] - self.conv1.in_channels
+        if extra == 0:
+            return self.conv1(x)
+        w = F.pad(self.conv1.weight, (0, 0, 0, 0, 0, extra))  # (C_out, C_in + extra, 3, 3)
+        return F.conv2d(x, w, self.conv1.bias, self.conv1.stride, self.conv1.padding)
 
     def folded(self) -> List[Tuple[torch.Tensor, torch.Tensor, nn.Conv2d]]:
         """Each conv with its eval-mode BatchNorm folded in, computed in float32 (or the weights' wider dtype).
