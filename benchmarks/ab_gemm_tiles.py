@@ -51,7 +51,7 @@ def main() -> int:
                                      gemm_tile=tiles)
         os.environ["SRET_FUSED_KERNELS"] = "0"
         with torch.no_grad():
-            ref = fused._MlpResidual.apply(x, lw, lb, w1, b1, w2, b2, c1, c2, None, 1e-6, torch.bfloat16)
+            ref = fused._MlpResidual.apply(x, lw, lb, w1, b1, w2, b2, c1, c2, None, 1e-6, torch.bfloat16, False)
         os.environ["SRET_FUSED_KERNELS"] = "1"
         x64 = torch.nn.functional.layer_norm(x.double(), (C,), lw.double(), lb.double(), 1e-6)
         y64 = torch.nn.functional.gelu(x64 @ w1.double().t() + b1.double()) @ w2.double().t() + b2.double()

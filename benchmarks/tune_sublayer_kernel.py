@@ -99,7 +99,7 @@ def tune_gemm(args: argparse.Namespace) -> int:
         for save in (False, True):
             os.environ["SRET_FUSED_KERNELS"] = "0"
             ws = [t.requires_grad_(save) for t in (w1, w2)]
-            args_t = (x, lw, lb, w1, b1, w2, b2, c1, c2, None, 1e-6, dt)
+            args_t = (x, lw, lb, w1, b1, w2, b2, c1, c2, None, 1e-6, dt, save)
             with torch.set_grad_enabled(save):
                 torch_ms = do_bench(lambda args_t=args_t: fused._MlpResidual.apply(*args_t), return_mode="median")
             for t in ws:
@@ -143,7 +143,7 @@ def main() -> int:
         block_c = max(16, triton.next_power_of_2(C))
         for save in (False, True):
             os.environ["SRET_FUSED_KERNELS"] = "0"
-            args_t = (x, lw, lb, w1, b1, w2, b2, c1, c2, None, 1e-6, dt)
+            args_t = (x, lw, lb, w1, b1, w2, b2, c1, c2, None, 1e-6, dt, save)
             if save:
                 ws = [t.requires_grad_(True) for t in (w1, w2)]
                 torch_ms = do_bench(lambda: fused._MlpResidual.apply(*args_t), return_mode="median")

@@ -109,6 +109,70 @@ if triton is not None:
             tl.store(RSTD + rows, rstd, mask=rmask)
 
     @triton.jit
+    def _prep_mlp_weights(W1, W2, W1P, W2P, C, H, CP, HP, BLOCK: tl.constexpr):
+        """W1 (H, C) -> W1P (HP, CP) and W2 (C, H) -> W2P (CP, HP) in the compute dtype, zero-padded, in one launch:
+        programs below ``cdiv(HP * CP, BLOCK)`` write W1P, the rest W2P."""
+        pid = tl.program_id(0)
+        n1 = tl.cdiv(HP * CP, BLOCK)
+        if pid < n1:
+            idx = pid * BLOCK + tl.arange(0, BLOCK)
+            r, c = idx // CP, idx % CP
+            w = tl.load(W1 + r * C + c, mask=(r < H) & (c < C), other=0.0)
+            tl.store(W1P + idx, w.to(W1P.dtype.element_ty), mask=idx < HP * CP)
+        else:
+            idx = (pid - n1) * BLOCK + tl.arange(0, BLOCK)
+            r, c = idx // HP, idx % HP
+            w = tl.load(W2 + r * H + c, mask=(r < C) & (c < H), other=0.0)
+            tl.store(W2P + idx, w.to(W2P.dtype.element_ty), mask=idx < CP * HP)
+
+    @triton.jit
+    def _mlp_residual_fwd_pw(X, LNW, LNB, W1P, B1, W2P, B2, C1, K, OUT, HOUT, MEAN, RSTD, M, C, H, HP, N_TOK, eps,
+                             HAS_C1: tl.constexpr, K_PER_SAMPLE: tl.constexpr, SAVE: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr):
+        """The one-launch MLP sublayer over prepared weights: W1P (HP, BLOCK_C) and W2P (BLOCK_C, HP) already in the
+        compute dtype and zero-padded (HP a multiple of BLOCK_H), so the weight tiles go from memory straight into the
+        two dots (unmasked, 16-byte rows: the compiler can stage them through shared memory ahead of use) instead of
+        through registers for a cast. x is read again for the residual rather than kept live across the H loop."""
+        pid = tl.program_id(0)
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.arange(0, BLOCK_C)
+        rmask = rows < M
+        cmask = cols < C
+        mask = rmask[:, None] & cmask[None, :]
+        offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+        dt = W1P.dtype.element_ty
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / C
+        xc = tl.where(mask, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / C + eps)
+        lw = tl.load(LNW + cols, mask=cmask, other=0.0).to(tl.float32)
+        lb = tl.load(LNB + cols, mask=cmask, other=0.0).to(tl.float32)
+        xn = (xc * rstd[:, None] * lw[None, :] + lb[None, :]).to(dt)  # (BLOCK_M, BLOCK_C), zero past C
+        acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+        hr = tl.arange(0, BLOCK_H)
+        w1_ptr = W1P + hr[:, None] * BLOCK_C + cols[None, :]  # (BLOCK_H, BLOCK_C) tile of W1P
+        w2_ptr = W2P + cols[:, None] * HP + hr[None, :]  # (BLOCK_C, BLOCK_H) tile of W2P
+        for h0 in range(0, HP, BLOCK_H):
+            hcols = h0 + hr
+            hmask = hcols < H
+            b1 = tl.load(B1 + hcols, mask=hmask, other=0.0).to(dt).to(tl.float32)
+            h = (tl.dot(xn, tl.trans(tl.load(w1_ptr))) + b1[None, :]).to(dt)  # fc1 output, rounded as addmm's
+            if SAVE:
+                tl.store(HOUT + rows[:, None].to(tl.int64) * H + hcols[None, :], h, mask=rmask[:, None] & hmask[None, :])
+            a = _gelu(h.to(tl.float32)).to(dt)  # exact GELU, rounded; padding columns: gelu(0) = 0
+            acc += tl.dot(a, tl.trans(tl.load(w2_ptr)))
+            w1_ptr += BLOCK_H * BLOCK_C
+            w2_ptr += BLOCK_H
+        b2 = tl.load(B2 + cols, mask=cmask, other=0.0).to(dt).to(tl.float32)
+        y = (acc + b2[None, :]).to(dt).to(tl.float32)  # fc2 output, rounded as addmm's
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        out = _residual_tile(x, y, C1, K, rows, rmask, N_TOK, HAS_C1, K_PER_SAMPLE)
+        tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
+        if SAVE:
+            tl.store(MEAN + rows, mean, mask=rmask)
+            tl.store(RSTD + rows, rstd, mask=rmask)
+
+    @triton.jit
     def _residual_fwd(X, Y, C1, K, OUT, IDX, M, C, N_TOK, HAS_C1: tl.constexpr, K_PER_SAMPLE: tl.constexpr,
                       HAS_IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -229,6 +293,40 @@ def _mlp_two_launches(x, ln_w, ln_b, w1, b1, w2, b2, c1, k, per_sample, eps, dty
     return out, (h if save else None), mean, rstd
 
 
+def prepared_weights(w1: torch.Tensor, w2: torch.Tensor, block_c: int, block_h: int, dtype: torch.dtype):
+    """``(W1P, W2P, HP)``: fc1's (H, C) and fc2's (C, H) weights in ``dtype``, zero-padded to (HP, block_c) and
+    (block_c, HP), HP = H rounded up to ``block_h``, in one launch. Done per call, not cached: a cache would go stale
+    under CUDA-graph replays that update the weights in place (training steps, EMA copies), which no version counter
+    would see."""
+    H, C = w1.shape
+    hp = triton.cdiv(H, block_h) * block_h
+    w1p = torch.empty((hp, block_c), device=w1.device, dtype=dtype)
+    w2p = torch.empty((block_c, hp), device=w1.device, dtype=dtype)
+    block = 1024
+    grid = (triton.cdiv(hp * block_c, block) + triton.cdiv(block_c * hp, block),)
+    _prep_mlp_weights[grid](w1, w2, w1p, w2p, C, H, block_c, hp, BLOCK=block, num_warps=4)
+    return w1p, w2p, hp
+
+
+def mlp_residual_prepared(x, ln_w, ln_b, w1p, b1, w2p, b2, c1, k, per_sample, eps, H, hp, save, config):
+    """Launch :func:`_mlp_residual_fwd_pw` on weights from :func:`prepared_weights`; ``config`` =
+    (BLOCK_M, BLOCK_H, num_warps, num_stages). Returns ``(out, h, mean, rstd)`` (the last three None unless
+    ``save``)."""
+    B, N, C = x.shape
+    M = B * N
+    block_m, block_h, warps, stages = config
+    dtype = w1p.dtype
+    out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+    h = torch.empty((M, H) if save else (1, 1), device=x.device, dtype=dtype)
+    mean = torch.empty(M if save else 1, device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    _mlp_residual_fwd_pw[(triton.cdiv(M, block_m),)](
+        x, ln_w, ln_b, w1p, b1, w2p, b2, c1 if c1 is not None else k, k, out, h, mean, rstd, M, C, H, hp, N, eps,
+        HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, SAVE=save, BLOCK_M=block_m, BLOCK_C=w1p.shape[1],
+        BLOCK_H=block_h, num_warps=warps, num_stages=stages)
+    return (out, h, mean, rstd) if save else (out, None, None, None)
+
+
 def _branch_factor(x: torch.Tensor, c2: Optional[torch.Tensor], scale: Optional[torch.Tensor]):
     """``(K, per_sample)``: the branch's factor as a 1-element tensor, or per sample (B,) with drop path."""
     if scale is None:
@@ -238,18 +336,31 @@ def _branch_factor(x: torch.Tensor, c2: Optional[torch.Tensor], scale: Optional[
 
 def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps: float,
                          dtype: torch.dtype, save: bool, tile: Optional[tuple[int, int, int]] = None,
-                         gemm_tile: Optional[tuple[tuple[int, ...], tuple[int, ...]]] = None):
+                         gemm_tile: Optional[tuple[tuple[int, ...], tuple[int, ...]]] = None,
+                         pw_tile: Optional[tuple[int, int, int, int]] = None):
     """``c1 * x + c2 * s * fc2(gelu(fc1(LN(x))))`` for contiguous x (B, N, C) in one launch (or, for the shapes in
     :data:`GEMM_TILES`, LayerNorm + two GEMM launches).
 
     Returns ``(out, h, mean, rstd)`` (the last three None unless ``save``), or None where the kernel does not apply.
     ``tile`` = (BLOCK_M, BLOCK_H, num_warps) overrides the :data:`TILES` lookup (tests, tuning); ``gemm_tile`` =
-    two (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) overrides :data:`GEMM_TILES` and selects that path.
+    two (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) overrides :data:`GEMM_TILES` and selects that path;
+    ``pw_tile`` = (BLOCK_M, BLOCK_H, num_warps, num_stages) overrides :data:`PW_TILES` and selects the one-launch
+    kernel over prepared weights.
     """
     if not kernels_available(x, dtype):
         return None
     B, N, C = x.shape
     M, H = B * N, w1.shape[0]
+    pw_config = pw_tile or (None if (tile or gemm_tile) else PW_TILES.get((C, H, save)))
+    if pw_config is not None:
+        k, per_sample = _branch_factor(x, c2, scale)
+        block_c = max(16, triton.next_power_of_2(C))
+        try:
+            w1p, w2p, hp = prepared_weights(w1, w2, block_c, pw_config[1], dtype)
+            return mlp_residual_prepared(x, ln_w, ln_b, w1p, b1, w2p, b2, c1, k, per_sample, eps, H, hp, save,
+                                         pw_config)
+        except triton.runtime.errors.OutOfResources:  # tiles too large for this GPU: the PyTorch ops do it
+            return None
     gemm_config = gemm_tile or (None if tile else GEMM_TILES.get((C, H, save)))
     if gemm_config is not None:
         k, per_sample = _branch_factor(x, c2, scale)
@@ -282,6 +393,10 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
 
 
 _TOO_BIG: set = set()
+
+# (C, H, save) -> (BLOCK_M, BLOCK_H, num_warps, num_stages) of the one-launch kernel over prepared weights
+# (``_mlp_residual_fwd_pw``). Looked up first.
+PW_TILES: dict[tuple[int, int, bool], tuple[int, int, int, int]] = {}
 
 # (C, H, save) -> (BLOCK_M, BLOCK_H, num_warps): the fastest tile of the sweep on an H100 for each SReT sublayer
 # shape where the kernel beat the PyTorch ops (``benchmarks/tune_sublayer_kernel.py``, results in
