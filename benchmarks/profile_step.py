@@ -101,6 +101,7 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=["default"])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--stem", action="store_true", help="also time the conv stem in both layouts")
+    parser.add_argument("--rows", type=int, default=25, help="kernels listed per profile")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("profile_step.py needs a CUDA device", file=sys.stderr)
@@ -115,7 +116,7 @@ def main() -> int:
                 for bench in args.benches:
                     try:
                         tag = variant.replace("=", "").replace(",", "_")
-                        profile_model(name, bench, args.batch_size, args.out, tag)
+                        profile_model(name, bench, args.batch_size, args.out, tag, rows=args.rows)
                     except Exception as exc:  # keep going: one failure should not cost the call
                         print(f"!!! {name} {bench} [{variant}]: {type(exc).__name__}: {exc}", flush=True)
         finally:
