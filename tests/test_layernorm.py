@@ -82,8 +82,8 @@ SCRIPT = textwrap.dedent(
         c1, c2 = torch.tensor([0.8]), torch.tensor([1.3])
         # the one-launch kernel, then LayerNorm + two GEMM launches (tiles that leave remainders in M, H and C)
         for scale, tiles in itertools.product((None, torch.tensor([0.0, 1.25])),
-                                              (dict(tile=(32, 32, 4)), dict(gemm_tile=((32, 64, 32, 4, 2),
-                                                                                       (16, 32, 64, 4, 2))))):
+                                              (dict(tile=(32, 32, 4)), dict(pw_tile=(32, 32, 4, 2)),
+                                               dict(gemm_tile=((32, 64, 32, 4, 2), (16, 32, 64, 4, 2))))):
             out, h, mean, rstd = K.mlp_residual_forward(x, lw, lb, w1, b1, w2, b2, c1, c2, scale, 1e-6,
                                                         torch.float16, save=True, **tiles)
             xn = F.layer_norm(x, (C,), lw, lb, 1e-6).half().view(-1, C)
@@ -105,6 +105,14 @@ SCRIPT = textwrap.dedent(
         r = K.residual_forward(x, y[:, perm].contiguous(), c1, c2, torch.tensor([0.5, 2.0]), y_rows=inv)
         want = torch.addcmul(x * c1, y, c2 * torch.tensor([0.5, 2.0]).view(2, 1, 1))
         assert rel(r, want) < 1e-6, rel(r, want)
+
+    # The stem's input in one pass: NCHW float32 -> NHWC float16, zero channels up to 8 (image_layout.py).
+    from sret.models.image_layout import padded_nhwc
+    imgs = torch.randn(3, 3, 17, 23)
+    got = padded_nhwc(imgs, 8, torch.float16)
+    assert got.shape == (3, 8, 17, 23) and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got[:, :3], imgs.half()) and (got[:, 3:] == 0).all()
+    assert padded_nhwc(imgs, 16, torch.float16) is None  # more than 8 channels: the caller's PyTorch ops
 
     # A whole model: fast path on (interpreter) and off give the same logits and gradients, first with the plain
     # modules (TokenLayerNorm's kernels), then with the fused sublayers (the residual-fused backward kernel).
@@ -200,5 +208,5 @@ def test_sublayer_kernel_declines_untuned_shapes():
                                      torch.float16, save=True)
     finally:
         del os.environ["TRITON_INTERPRET"]
-    assert (504, 1512, True) not in K.TILES and (504, 1512, True) not in K.GEMM_TILES
+    assert all((504, 1512, True) not in table for table in (K.TILES, K.GEMM_TILES, K.PW_TILES))
     assert got is None

@@ -23,7 +23,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from sret.errors import SReTError
-from sret.models import fused
+from sret.models import fused, image_layout
 from sret.models.attention import AttnImpl
 from sret.models.stage import EvalPermutation, RecursiveStage
 
@@ -110,11 +110,18 @@ class ConvStem(nn.Module):
         ``fused_relu=False`` (and any device or dtype cuDNN refuses) runs ``conv2d`` and ``relu`` separately.
         """
         dtype = fused.compute_dtype(x)
-        # (No zero channels here, unlike training: in inference the padding's passes cost more than the first conv
-        # gains, measured on an H100: stem 0.89 -> 1.07 ms at batch 256, docs/perf_notes.md.)
-        x = x.to(dtype, memory_format=torch.channels_last)  # (B, C, H, W), one copy for layout and cast
+        C = x.shape[1]
+        # Zero channels only where one kernel pass makes them (image_layout.py): with PyTorch's zero fill and copy
+        # they cost more than the first conv gains (stem 0.89 -> 1.07 ms at batch 256, docs/perf_notes.md).
+        padded = image_layout.padded_nhwc(x, C + _stem_pad(C), dtype) if _stem_pad(C) else None
+        if padded is not None:
+            x = padded  # (B, C + pad, H, W), channels-last
+        else:
+            x = x.to(dtype, memory_format=torch.channels_last)  # (B, C, H, W), one copy for layout and cast
         with torch.autocast(x.device.type, enabled=False):
             for w, b, conv in self.folded():
+                if w.shape[1] != x.shape[1]:  # the zero channels get zero weights
+                    w = F.pad(w, (0, 0, 0, 0, 0, x.shape[1] - w.shape[1]))
                 w = w.to(dtype).contiguous(memory_format=torch.channels_last)
                 b = b.to(dtype)
                 x = _conv_bias_relu(x, w, b, conv, fused_relu)  # (B, C_out, ceil(H/2), ceil(W/2))
@@ -125,7 +132,7 @@ _CUDNN_CONV_RELU_FAILED: set = set()
 
 
 def _stem_pad(in_chans: int) -> int:
-    """Zero channels to add to the images before the first conv (CUDA eager training): up to a multiple of 8.
+    """Zero channels to add to the images before the first conv (CUDA eager): up to a multiple of 8.
 
     Why: with 3 input channels (6-byte bf16 pixels) cuDNN runs the first conv with a generic NHWC kernel; on an H100
     at batch 256 it took ~0.5 ms forward for a layer that moves ~0.3 GB. Eight channels give 16-byte pixels that its
@@ -140,6 +147,9 @@ def _stem_pad(in_chans: int) -> int:
 def _padded_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Images ``(B, C, H, W)`` as ``dtype``, channels-last, with ``_stem_pad(C)`` zero channels appended."""
     B, C, H, W = x.shape
+    out = image_layout.padded_nhwc(x, C + _stem_pad(C), dtype)  # one Triton pass where it applies
+    if out is not None:
+        return out
     out = x.new_zeros((B, H, W, C + _stem_pad(C)), dtype=dtype)  # (B, H, W, C'), NHWC memory
     out[..., :C] = x.permute(0, 2, 3, 1)  # one strided read of the images, cast on the way
     return out.permute(0, 3, 1, 2)  # (B, C', H, W) view, channels-last strides

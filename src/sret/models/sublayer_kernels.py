@@ -410,6 +410,14 @@ PW_TILES: dict[tuple[int, int, bool], tuple[int, int, int, int]] = {
     (128, 128, True): (32, 32, 4, 2),    # 0.046 vs 0.060
     (256, 256, False): (32, 128, 8, 2),  # T stage 2 NLL: 0.036 vs 0.063
     (256, 256, True): (32, 128, 8, 2),   # 0.038 vs 0.062
+    (126, 378, False): (64, 64, 4, 3),   # S stage 0 MLP: 0.273 vs 0.425 (run 18, sweep_mlp_run18_s/)
+    (126, 378, True): (32, 32, 4, 3),    # 0.422 vs 0.534
+    (126, 252, False): (64, 64, 4, 3),   # S stage 0 NLL: 0.222 vs 0.348
+    (126, 252, True): (32, 32, 4, 3),    # 0.308 vs 0.414
+    (252, 756, False): (32, 64, 4, 2),   # S stage 1 MLP: 0.261 vs 0.285
+    (252, 756, True): (32, 64, 4, 2),    # 0.336 vs 0.347
+    (252, 504, False): (32, 64, 4, 2),   # S stage 1 NLL: 0.198 vs 0.232
+    (252, 504, True): (32, 64, 4, 2),    # 0.250 vs 0.268
 }
 
 # (C, H, save) -> (BLOCK_M, BLOCK_H, num_warps): the fastest tile of the sweep on an H100 for each SReT sublayer
