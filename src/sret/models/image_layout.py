@@ -1,10 +1,12 @@
-"""Images into the stem's input layout in one pass: NCHW float32 -> NHWC in the compute dtype, channels zero-padded.
+"""Images into the training stem's input layout in one pass: NCHW float32 -> NHWC in the compute dtype, channels
+zero-padded to 8.
 
-Why: the first conv sees 3-channel images. With 6-byte bf16 pixels cuDNN runs it on a generic NHWC kernel (0.50 ms
-of a 6.8 ms SReT-T inference step at batch 256 on an H100); padded to 8 channels (16-byte pixels) it takes its
-implicit-GEMM kernels. Padding with PyTorch ops costs a zero fill plus a strided copy, which measured more than the
-conv gained in inference (docs/perf_notes.md, change 20). This Triton kernel reads each image plane once and writes
-each padded pixel as one 16-byte row, so the cast, the layout change and the padding are a single pass.
+Why: with 3-channel (6-byte bf16) pixels cuDNN runs the first conv's training kernels on a generic NHWC path;
+padded to 8 channels (16-byte pixels) the training step measured 0.6-0.9 % faster (docs/perf_notes.md, change 20).
+Made with PyTorch ops the padding is a zero fill plus a strided copy; this Triton kernel reads each image plane once
+and writes each padded pixel as one 16-byte row, so the cast, the layout change and the padding are a single pass
+(SReT-T training step -0.12 ms, run 19). Inference does not pad: there cuDNN's first conv took as long over 8
+channels as over 3, so any padding pass is pure cost.
 
 :func:`padded_nhwc` returns None where the kernel does not apply (no Triton, not CUDA and not the interpreter, or
 more than 8 channels); callers then use the PyTorch ops. Checked against them through Triton's interpreter in

@@ -110,18 +110,12 @@ class ConvStem(nn.Module):
         ``fused_relu=False`` (and any device or dtype cuDNN refuses) runs ``conv2d`` and ``relu`` separately.
         """
         dtype = fused.compute_dtype(x)
-        C = x.shape[1]
-        # Zero channels only where one kernel pass makes them (image_layout.py): with PyTorch's zero fill and copy
-        # they cost more than the first conv gains (stem 0.89 -> 1.07 ms at batch 256, docs/perf_notes.md).
-        padded = image_layout.padded_nhwc(x, C + _stem_pad(C), dtype) if _stem_pad(C) else None
-        if padded is not None:
-            x = padded  # (B, C + pad, H, W), channels-last
-        else:
-            x = x.to(dtype, memory_format=torch.channels_last)  # (B, C, H, W), one copy for layout and cast
+        # No zero channels here, unlike training: in inference cuDNN's first conv took as long over 8 channels as
+        # over 3 (0.51 ms at batch 256 on an H100), so the padding pass is pure cost: stem 0.89 -> 1.07 ms with
+        # PyTorch's zero fill and copy, SReT-S 4.34 -> 4.86 ms even with the one-pass kernel (docs/perf_notes.md).
+        x = x.to(dtype, memory_format=torch.channels_last)  # (B, C, H, W), one copy for layout and cast
         with torch.autocast(x.device.type, enabled=False):
             for w, b, conv in self.folded():
-                if w.shape[1] != x.shape[1]:  # the zero channels get zero weights
-                    w = F.pad(w, (0, 0, 0, 0, 0, x.shape[1] - w.shape[1]))
                 w = w.to(dtype).contiguous(memory_format=torch.channels_last)
                 b = b.to(dtype)
                 x = _conv_bias_relu(x, w, b, conv, fused_relu)  # (B, C_out, ceil(H/2), ceil(W/2))
