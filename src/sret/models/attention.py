@@ -55,6 +55,47 @@ def gather_tokens(x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) ->
     return x.index_select(1, perm)  # inference and export: a plain gather
 
 
+class _SplitQKV(torch.autograd.Function):
+    """q, k, v ``(B*G, H, n, D)`` as views of projected tokens ``(B, N, 3 * H * D)`` cut into G groups of n.
+
+    Why: split by ``unbind``, the backward stacks dq/dk/dv into a new ``(3, B*G, H, n, D)`` tensor and the reshape
+    back to ``(B, N, 3C)`` then copies it again, two passes over the largest gradient of the attention sublayer (a
+    quarter of SReT-T's copy traffic in a training step on an H100, docs/perf_notes.md). Here each of dq, dk, dv is
+    copied once, straight into its slots of the ``(B, N, 3C)`` gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, groups: int, heads: int):
+        B, N, C3 = qkv.shape
+        G, H = groups, heads
+        n, D = N // G, C3 // (3 * H)
+        ctx.shape = (B, G, n, H, D)
+        parts = qkv.view(B, G, n, 3, H, D).permute(3, 0, 1, 4, 2, 5)  # (3, B, G, H, n, D)
+        return tuple(parts.reshape(3, B * G, H, n, D).unbind(0))  # each (B*G, H, n, D), groups ride the batch
+
+    @staticmethod
+    def backward(ctx, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor):
+        B, G, n, H, D = ctx.shape
+        dqkv = dq.new_empty((B, G, n, 3, H, D))
+        for i, d in enumerate((dq, dk, dv)):
+            if d is None:
+                dqkv[:, :, :, i].zero_()
+            else:
+                dqkv[:, :, :, i].copy_(d.view(B, G, H, n, D).permute(0, 1, 3, 2, 4))  # (B, G, n, H, D)
+        return dqkv.view(B, G * n, 3 * H * D), None, None
+
+
+def split_qkv(qkv: torch.Tensor, groups: int, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v ``(B*G, H, n, D)`` from ``qkv`` ``(B, N, 3 * H * D)``: views, whose gradient is assembled in one pass
+    (see :class:`_SplitQKV`; under ``torch.compile`` the plain ops, which Inductor fuses itself)."""
+    if torch.is_grad_enabled() and qkv.requires_grad and qkv.is_contiguous() and not torch.compiler.is_compiling():
+        return _SplitQKV.apply(qkv, groups, heads)
+    B, N, C3 = qkv.shape
+    n, D = N // groups, C3 // (3 * heads)
+    qkv = qkv.reshape(B, groups, n, 3, heads, D).permute(3, 0, 1, 4, 2, 5)  # (3, B, G, H, n, D)
+    return tuple(qkv.reshape(3, B * groups, heads, n, D).unbind(0))
+
+
 class SlicedGroupAttention(nn.Module):
     """Multi-head self-attention restricted to groups of tokens, optionally on shuffled tokens.
 
@@ -138,8 +179,7 @@ class SlicedGroupAttention(nn.Module):
             if inv_perm is None:
                 inv_perm = invert_permutation(perm)
             qkv = gather_tokens(qkv, perm, inv_perm)  # (B, N, 3C), shuffled token order
-        qkv = qkv.reshape(B, G, n, 3, H, D).permute(3, 0, 1, 4, 2, 5)  # (3, B, G, H, n, D)
-        q, k, v = qkv.reshape(3, B * G, H, n, D).unbind(0)  # each (B*G, H, n, D): groups ride the batch
+        q, k, v = split_qkv(qkv, G, H)  # each (B*G, H, n, D): groups ride the batch
         if self.attn_impl == "math":
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B*G, H, n, n)
             attn = self.attn_drop(attn.softmax(dim=-1))

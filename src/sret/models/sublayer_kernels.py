@@ -158,7 +158,8 @@ if triton is not None:
             b1 = tl.load(B1 + hcols, mask=hmask, other=0.0).to(dt).to(tl.float32)
             h = (tl.dot(xn, tl.trans(tl.load(w1_ptr))) + b1[None, :]).to(dt)  # fc1 output, rounded as addmm's
             if SAVE:
-                tl.store(HOUT + rows[:, None].to(tl.int64) * H + hcols[None, :], h, mask=rmask[:, None] & hmask[None, :])
+                tl.store(HOUT + rows[:, None].to(tl.int64) * H + hcols[None, :], h,
+                         mask=rmask[:, None] & hmask[None, :])
             a = _gelu(h.to(tl.float32)).to(dt)  # exact GELU, rounded; padding columns: gelu(0) = 0
             acc += tl.dot(a, tl.trans(tl.load(w2_ptr)))
             w1_ptr += BLOCK_H * BLOCK_C
