@@ -1,18 +1,18 @@
-"""Tile sweep of the one-launch MLP sublayer kernel against the PyTorch ops, per SReT shape (one H100 call).
+"""Tile sweep of the LayerNorm + two GEMM path of the MLP sublayer (``GEMM_TILES``) against the PyTorch ops and the
+one-launch kernel, per SReT shape (one H100 call).
 
-For every (tokens M, channels C, hidden H) an SReT-T or SReT-S MLP/NLL sublayer runs at batch 256, times with
-``triton.testing.do_bench`` (median, ms): the PyTorch path of the fused sublayer (``SRET_FUSED_KERNELS=0``) and the
-kernel under each tile config, in inference (``save=False``) and training-forward (``save=True``) form. Prints the
-best config per shape and whether it beats PyTorch; ``--out`` gets the full table as JSON.
+For every (tokens M, channels C, hidden H) an SReT-T or SReT-S MLP/NLL sublayer runs at batch 256: the best fc1 and
+fc2 GEMM tiles, then the whole path against the one-launch kernel (its ``PW_TILES`` entry, if any) and the PyTorch
+ops, in inference (``save=False``) and training-forward (``save=True``) form, timed with
+``triton.testing.do_bench`` (median, ms). ``--out`` gets the full table as JSON. (The one-launch kernel has its own
+sweep, timed as CUDA graphs: ``benchmarks/sweep_mlp_kernel.py``.)
 
     PYTHONPATH=src python3 benchmarks/tune_sublayer_kernel.py --out $OUT
-    PYTHONPATH=src python3 benchmarks/tune_sublayer_kernel.py --gemm --out $OUT   # the LN + 2 GEMMs path
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import time
@@ -53,7 +53,7 @@ GEMM_CONFIGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): the usual Hopper
 
 def tune_gemm(args: argparse.Namespace) -> int:
     """LayerNorm + two GEMM launches (``GEMM_TILES``): best fc1 and fc2 tiles per shape, then the whole path against
-    the one-launch kernel (its ``TILES`` entry, if any) and the PyTorch ops, inference and training forward."""
+    the one-launch kernel (its ``PW_TILES`` entry, if any) and the PyTorch ops, inference and training forward."""
     deadline = time.time() + args.deadline
     dev, dt = "cuda", torch.bfloat16
     table = []
@@ -105,11 +105,11 @@ def tune_gemm(args: argparse.Namespace) -> int:
             for t in ws:
                 t.requires_grad_(False)
             os.environ["SRET_FUSED_KERNELS"] = "1"
-            tile = K.TILES.get((C, H, save))
+            tile = K.PW_TILES.get((C, H, save))
             one_ms = None
             if tile is not None:
                 one_ms = do_bench(lambda tile=tile, save=save: K.mlp_residual_forward(
-                    x, lw, lb, w1, b1, w2, b2, c1, c2, None, 1e-6, dt, save=save, tile=tile), return_mode="median")
+                    x, lw, lb, w1, b1, w2, b2, c1, c2, None, 1e-6, dt, save=save, pw_tile=tile), return_mode="median")
             two_ms = do_bench(lambda save=save: K.mlp_residual_forward(
                 x, lw, lb, w1, b1, w2, b2, c1, c2, None, 1e-6, dt, save=save, gemm_tile=best), return_mode="median")
             row = {"shape": name, "M": M, "C": C, "H": H, "save": save, "torch_ms": torch_ms, "one_launch_ms": one_ms,
@@ -129,61 +129,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     parser.add_argument("--deadline", type=float, default=480.0, help="seconds; configs after it are skipped")
-    parser.add_argument("--gemm", action="store_true", help="tune the LayerNorm + two GEMM path instead")
-    parser.add_argument("--all-shapes", action="store_true", help="with --gemm: SReT-T's NLL shapes too")
-    args = parser.parse_args()
-    if args.gemm:
-        return tune_gemm(args)
-    deadline = time.time() + args.deadline
-    dev, dt = "cuda", torch.bfloat16
-    table = []
-    for name, M, C, H in SHAPES:
-        N = M // 256
-        x, lw, lb, w1, b1, w2, b2, c1, c2 = sublayer_inputs(M, C, H, dev)
-        block_c = max(16, triton.next_power_of_2(C))
-        for save in (False, True):
-            os.environ["SRET_FUSED_KERNELS"] = "0"
-            args_t = (x, lw, lb, w1, b1, w2, b2, c1, c2, None, 1e-6, dt, save)
-            if save:
-                ws = [t.requires_grad_(True) for t in (w1, w2)]
-                torch_ms = do_bench(lambda: fused._MlpResidual.apply(*args_t), return_mode="median")
-                for t in ws:
-                    t.requires_grad_(False)
-            else:
-                with torch.no_grad():
-                    torch_ms = do_bench(lambda: fused._MlpResidual.apply(*args_t), return_mode="median")
-            row = dict(shape=name, M=M, C=C, H=H, save=save, torch_ms=torch_ms, configs=[])
-            out = torch.empty_like(x)
-            h = torch.empty((M, H) if save else (1, 1), device=dev, dtype=dt)
-            mean = torch.empty(M if save else 1, device=dev)
-            rstd = torch.empty_like(mean)
-            hs = (32, 64) if block_c <= 128 else (16, 32)
-            for bm, bh, warps, stages in itertools.product((16, 32, 64, 128), hs, (4, 8), (2,)):
-                if bm * block_c > 16384 or (bm == 16 and block_c < 512) or time.time() > deadline:
-                    continue
-
-                def launch(bm=bm, bh=bh, warps=warps, stages=stages):
-                    K._mlp_residual_fwd[(triton.cdiv(M, bm),)](
-                        x, lw, lb, w1, b1, w2, b2, c1, c2, out, h, mean, rstd, M, C, H, N, 1e-6, HAS_C1=True,
-                        K_PER_SAMPLE=False, SAVE=save, BLOCK_M=bm, BLOCK_C=block_c, BLOCK_H=bh, num_warps=warps,
-                        num_stages=stages)
-
-                try:
-                    ms = do_bench(launch, warmup=10, rep=40, return_mode="median")
-                except Exception as err:  # out of shared memory / registers: not a candidate
-                    row["configs"].append(dict(bm=bm, bh=bh, warps=warps, stages=stages, error=type(err).__name__))
-                    continue
-                row["configs"].append(dict(bm=bm, bh=bh, warps=warps, stages=stages, ms=ms))
-            ok = [c for c in row["configs"] if "ms" in c]
-            best = min(ok, key=lambda c: c["ms"]) if ok else None
-            row["best"] = best
-            table.append(row)
-            print(f"{name:9s} M={M:6d} C={C:3d} H={H:4d} save={int(save)} torch {torch_ms:.3f} ms | best kernel "
-                  + (f"{best['ms']:.3f} ms bm={best['bm']} bh={best['bh']} w={best['warps']} s={best['stages']} "
-                     f"-> {torch_ms / best['ms']:.2f}x" if best else "none"), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tune_sublayer_kernel.json").write_text(json.dumps(table, indent=1))
-    return 0
+    parser.add_argument("--all-shapes", action="store_true", help="SReT-T's NLL shapes too")
+    return tune_gemm(parser.parse_args())
 
 
 if __name__ == "__main__":

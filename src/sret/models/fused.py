@@ -191,12 +191,17 @@ class _MlpResidual(torch.autograd.Function):
         B, N, C = x.shape
         g = g.contiguous()
         g_s = g if scale is None else g * scale.view(B, 1, 1)  # d out / d (c2 * branch)
+        hidden, width = w1.shape[0], h.shape[1]
+        if width > hidden:  # the kernels saved h at an aligned width (zero columns): weights padded to match
+            w1, w2 = F.pad(w1, (0, 0, 0, width - hidden)), F.pad(w2, (0, width - hidden))
         a = F.gelu(h)  # recomputed: saving it would double the MLP's saved bytes
         da, gw2 = _projection_grads(g_s.view(B * N, C), a, w2, c2, dtype)
-        dh = torch.ops.aten.gelu_backward(da, h)  # (B*N, hidden)
+        dh = torch.ops.aten.gelu_backward(da, h)  # (B*N, width), zeros in the padding columns
         dx, dlw, dlb, dw1, db1, dc1, gb2 = _ln_linear_backward(dh, x, ln_w, ln_b, w1, mean, rstd, g, c1, scale,
                                                                ctx.eps, dtype, triton)
-        dw2, db2, dc2 = _finish_projection(gw2, gb2, w2, b2, c2)
+        dw2, db2, dc2 = _finish_projection(gw2, gb2, w2, b2, c2)  # dc2 unchanged: w2's padding is zero
+        if width > hidden:  # back to the parameters' shapes
+            dw1, db1, dw2 = dw1[:hidden].contiguous(), db1[:hidden].contiguous(), dw2[:, :hidden].contiguous()
         return (dx, dlw, dlb, dw1, db1, dw2, db2, dc1, dc2, None, None, None, None)
 
 

@@ -7,15 +7,17 @@ three more times than needed. Here one program takes a tile of rows through
 
     LN -> fc1 (+b1) -> GELU -> fc2 (+b2) -> c1 * x + k * y
 
-with the hidden layer produced and consumed in chunks of ``BLOCK_H`` columns (it never exists in full), the weights
-read in float32 and rounded to the compute dtype in registers (no cast launches), and the rounding points of the
-autocast path reproduced: LN output, fc1 output, GELU output and fc2 output are each rounded to the compute dtype,
-as ``F.linear`` / ``F.gelu`` under autocast round them. In training it also writes what the fused backward keeps
-(the fc1 output ``h`` and the LN statistics).
+with the hidden layer produced and consumed in chunks of ``BLOCK_H`` columns (it never exists in full) and the
+rounding points of the autocast path reproduced: LN output, fc1 output, GELU output and fc2 output are each rounded
+to the compute dtype, as ``F.linear`` / ``F.gelu`` under autocast round them. The two weight matrices are first
+rounded to the compute dtype and zero-padded in one small launch, so the kernel's weight tiles are aligned, unmasked
+and go straight into the dots. In training it also writes what the fused backward keeps (the fc1 output ``h``, at
+the padded width, and the LN statistics). Wide sublayers (SReT-S's last stage, SReT-T's last MLP) run LayerNorm +
+two GEMM kernels with fused epilogues instead (:data:`GEMM_TILES`).
 
 ``mlp_residual_forward`` returns None where it does not apply (no Triton, not CUDA and not the interpreter, a
-float32/float64 compute dtype, C > 512); the caller then runs the PyTorch ops. Checked against the PyTorch path
-through Triton's CPU interpreter in ``tests/test_layernorm.py``.
+float32/float64 compute dtype, C > 512, a shape in neither table); the caller then runs the PyTorch ops. Checked
+against the PyTorch path through Triton's CPU interpreter in ``tests/test_layernorm.py``.
 """
 
 from __future__ import annotations
@@ -63,50 +65,6 @@ if triton is not None:
             k = tl.load(K + rows // N_TOK, mask=rmask, other=0.0).to(tl.float32)
             return x + k[:, None] * y
         return x + tl.load(K).to(tl.float32) * y
-
-    @triton.jit
-    def _mlp_residual_fwd(X, LNW, LNB, W1, B1, W2, B2, C1, K, OUT, HOUT, MEAN, RSTD, M, C, H, N_TOK, eps,
-                          HAS_C1: tl.constexpr, K_PER_SAMPLE: tl.constexpr, SAVE: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr):
-        pid = tl.program_id(0)
-        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = tl.arange(0, BLOCK_C)
-        rmask = rows < M
-        cmask = cols < C
-        mask = rmask[:, None] & cmask[None, :]
-        offs = rows[:, None].to(tl.int64) * C + cols[None, :]
-        dt = HOUT.dtype.element_ty  # the compute dtype (bf16 / fp16): HOUT is allocated in it even when unused
-        # LayerNorm in float32, output rounded to the compute dtype (autocast: LN in fp32, the Linear casts it)
-        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.sum(x, axis=1) / C
-        xc = tl.where(mask, x - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / C + eps)
-        lw = tl.load(LNW + cols, mask=cmask, other=0.0).to(tl.float32)
-        lb = tl.load(LNB + cols, mask=cmask, other=0.0).to(tl.float32)
-        xn = (xc * rstd[:, None] * lw[None, :] + lb[None, :]).to(dt)
-        acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
-        for h0 in range(0, H, BLOCK_H):
-            hcols = h0 + tl.arange(0, BLOCK_H)
-            hmask = hcols < H
-            # W1 is (H, C): the tile W1[hcols, cols] as (BLOCK_C, BLOCK_H)
-            w1 = tl.load(W1 + hcols[None, :] * C + cols[:, None], mask=cmask[:, None] & hmask[None, :], other=0.0)
-            b1 = tl.load(B1 + hcols, mask=hmask, other=0.0).to(dt).to(tl.float32)
-            h = (tl.dot(xn, w1.to(dt)) + b1[None, :]).to(dt)  # fc1 output, rounded as addmm's
-            if SAVE:
-                tl.store(HOUT + rows[:, None].to(tl.int64) * H + hcols[None, :], h,
-                         mask=rmask[:, None] & hmask[None, :])
-            hf = h.to(tl.float32)
-            a = _gelu(hf).to(dt)  # exact GELU, rounded
-            # W2 is (C, H): the tile W2[cols, hcols] as (BLOCK_H, BLOCK_C)
-            w2 = tl.load(W2 + cols[None, :] * H + hcols[:, None], mask=hmask[:, None] & cmask[None, :], other=0.0)
-            acc += tl.dot(a, w2.to(dt))
-        b2 = tl.load(B2 + cols, mask=cmask, other=0.0).to(dt).to(tl.float32)
-        y = (acc + b2[None, :]).to(dt).to(tl.float32)  # fc2 output, rounded as addmm's
-        out = _residual_tile(x, y, C1, K, rows, rmask, N_TOK, HAS_C1, K_PER_SAMPLE)
-        tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
-        if SAVE:
-            tl.store(MEAN + rows, mean, mask=rmask)
-            tl.store(RSTD + rows, rstd, mask=rmask)
 
     @triton.jit
     def _prep_mlp_weights(W1, W2, W1P, W2P, C, H, CP, HP, BLOCK: tl.constexpr):
@@ -157,9 +115,8 @@ if triton is not None:
             hmask = hcols < H
             b1 = tl.load(B1 + hcols, mask=hmask, other=0.0).to(dt).to(tl.float32)
             h = (tl.dot(xn, tl.trans(tl.load(w1_ptr))) + b1[None, :]).to(dt)  # fc1 output, rounded as addmm's
-            if SAVE:
-                tl.store(HOUT + rows[:, None].to(tl.int64) * H + hcols[None, :], h,
-                         mask=rmask[:, None] & hmask[None, :])
+            if SAVE:  # h is (M, HP): its padding columns are exact zeros (zero weight rows, masked bias)
+                tl.store(HOUT + rows[:, None].to(tl.int64) * HP + hcols[None, :], h, mask=rmask[:, None])
             a = _gelu(h.to(tl.float32)).to(dt)  # exact GELU, rounded; padding columns: gelu(0) = 0
             acc += tl.dot(a, tl.trans(tl.load(w2_ptr)))
             w1_ptr += BLOCK_H * BLOCK_C
@@ -215,7 +172,7 @@ if triton is not None:
         """``a = gelu(xn @ W1^T + b1)`` (and ``h`` = the fc1 output with SAVE) for a (BLOCK_M, BLOCK_N) tile.
 
         xn (M, CP) and W1 (HP, CP) are in the compute dtype with zero padding, CP a multiple of BLOCK_K, so the
-        K loop needs no mask; a is (M, HP) (padding columns come out as gelu(0) = 0), h is (M, H).
+        K loop needs no mask; a and h are (M, HP) (padding columns come out as zeros).
         """
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         hcols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -225,9 +182,8 @@ if triton is not None:
         dt = A.dtype.element_ty
         b1 = tl.load(B1 + hcols, mask=hcols < H, other=0.0).to(dt).to(tl.float32)
         h = (acc + b1[None, :]).to(dt)  # fc1 output, rounded as addmm's
-        if SAVE:
-            tl.store(HOUT + rows[:, None].to(tl.int64) * H + hcols[None, :], h,
-                     mask=rmask[:, None] & (hcols < H)[None, :])
+        if SAVE:  # h is (M, HP) like a: zeros in the padding columns
+            tl.store(HOUT + rows[:, None].to(tl.int64) * HP + hcols[None, :], h, mask=rmask[:, None] & nmask[None, :])
         hf = h.to(tl.float32)
         tl.store(A + rows[:, None].to(tl.int64) * HP + hcols[None, :], _gelu(hf).to(dt),
                  mask=rmask[:, None] & nmask[None, :])
@@ -282,7 +238,7 @@ def _mlp_two_launches(x, ln_w, ln_b, w1, b1, w2, b2, c1, k, per_sample, eps, dty
         return None
     xn, mean, rstd = _ln.ln_forward(x.view(M, C), ln_w, ln_b, eps, dtype, width=cp)  # (M, cp)
     a = torch.empty((M, hp), device=x.device, dtype=dtype)
-    h = torch.empty((M, H) if save else (1, 1), device=x.device, dtype=dtype)
+    h = torch.empty((M, hp) if save else (1, 1), device=x.device, dtype=dtype)
     _fc1_gelu_fwd[(triton.cdiv(M, bm1), triton.cdiv(hp, bn1))](
         xn, _padded(w1, hp, cp, dtype), b1, a, h, M, H, cp, hp, SAVE=save, BLOCK_M=bm1, BLOCK_N=bn1, BLOCK_K=bk1,
         num_warps=warps1, num_stages=stages1)
@@ -318,7 +274,7 @@ def mlp_residual_prepared(x, ln_w, ln_b, w1p, b1, w2p, b2, c1, k, per_sample, ep
     block_m, block_h, warps, stages = config
     dtype = w1p.dtype
     out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
-    h = torch.empty((M, H) if save else (1, 1), device=x.device, dtype=dtype)
+    h = torch.empty((M, hp) if save else (1, 1), device=x.device, dtype=dtype)
     mean = torch.empty(M if save else 1, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     _mlp_residual_fwd_pw[(triton.cdiv(M, block_m),)](
@@ -336,64 +292,34 @@ def _branch_factor(x: torch.Tensor, c2: Optional[torch.Tensor], scale: Optional[
 
 
 def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps: float,
-                         dtype: torch.dtype, save: bool, tile: Optional[tuple[int, int, int]] = None,
+                         dtype: torch.dtype, save: bool,
                          gemm_tile: Optional[tuple[tuple[int, ...], tuple[int, ...]]] = None,
                          pw_tile: Optional[tuple[int, int, int, int]] = None):
-    """``c1 * x + c2 * s * fc2(gelu(fc1(LN(x))))`` for contiguous x (B, N, C) in one launch (or, for the shapes in
-    :data:`GEMM_TILES`, LayerNorm + two GEMM launches).
+    """``c1 * x + c2 * s * fc2(gelu(fc1(LN(x))))`` for contiguous x (B, N, C): one launch over prepared weights for
+    the shapes in :data:`PW_TILES`, LayerNorm + two GEMM launches for those in :data:`GEMM_TILES`.
 
-    Returns ``(out, h, mean, rstd)`` (the last three None unless ``save``), or None where the kernel does not apply.
-    ``tile`` = (BLOCK_M, BLOCK_H, num_warps) overrides the :data:`TILES` lookup (tests, tuning); ``gemm_tile`` =
-    two (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) overrides :data:`GEMM_TILES` and selects that path;
-    ``pw_tile`` = (BLOCK_M, BLOCK_H, num_warps, num_stages) overrides :data:`PW_TILES` and selects the one-launch
-    kernel over prepared weights.
+    Returns ``(out, h, mean, rstd)`` (the last three None unless ``save``), or None where the kernels do not apply
+    (the caller runs the PyTorch ops). ``h`` is the fc1 output (M, H') in the compute dtype, H' >= H: its columns
+    past H are zeros (the hidden layer carried to an aligned width, see :func:`prepared_weights`). ``pw_tile`` =
+    (BLOCK_M, BLOCK_H, num_warps, num_stages) overrides :data:`PW_TILES`, ``gemm_tile`` = two (BLOCK_M, BLOCK_N,
+    BLOCK_K, num_warps, num_stages) overrides :data:`GEMM_TILES` and selects that path (tests, tuning).
     """
     if not kernels_available(x, dtype):
         return None
-    B, N, C = x.shape
-    M, H = B * N, w1.shape[0]
-    pw_config = pw_tile or (None if (tile or gemm_tile) else PW_TILES.get((C, H, save)))
-    if pw_config is not None:
-        k, per_sample = _branch_factor(x, c2, scale)
-        block_c = max(16, triton.next_power_of_2(C))
-        try:
-            w1p, w2p, hp = prepared_weights(w1, w2, block_c, pw_config[1], dtype)
-            return mlp_residual_prepared(x, ln_w, ln_b, w1p, b1, w2p, b2, c1, k, per_sample, eps, H, hp, save,
-                                         pw_config)
-        except triton.runtime.errors.OutOfResources:  # tiles too large for this GPU: the PyTorch ops do it
-            return None
-    gemm_config = gemm_tile or (None if tile else GEMM_TILES.get((C, H, save)))
-    if gemm_config is not None:
-        k, per_sample = _branch_factor(x, c2, scale)
-        try:
-            return _mlp_two_launches(x, ln_w, ln_b, w1, b1, w2, b2, c1, k, per_sample, eps, dtype, save, gemm_config)
-        except triton.runtime.errors.OutOfResources:  # tiles too large for this GPU: the PyTorch ops do it
-            return None
-    out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
-    h = torch.empty((M, H) if save else (1, 1), device=x.device, dtype=dtype)
-    mean = torch.empty(M if save else 1, device=x.device, dtype=torch.float32)
-    rstd = torch.empty_like(mean)
-    config = tile or TILES.get((C, H, save))
-    if config is None:  # a shape where the kernel did not beat cuBLAS + separate ops, or one never measured
+    C, H = x.shape[-1], w1.shape[0]
+    pw_config = pw_tile or (None if gemm_tile else PW_TILES.get((C, H, save)))
+    gemm_config = gemm_tile or (None if pw_config else GEMM_TILES.get((C, H, save)))
+    if pw_config is None and gemm_config is None:  # a shape where neither path beat the PyTorch ops, or unmeasured
         return None
-    block_m, block_h, warps = config
-    block_c = max(16, triton.next_power_of_2(C))
     k, per_sample = _branch_factor(x, c2, scale)
-    key = (block_c, block_h, x.device.index)
-    if key in _TOO_BIG:
-        return None
     try:
-        _mlp_residual_fwd[(triton.cdiv(M, block_m),)](
-            x, ln_w, ln_b, w1, b1, w2, b2, c1 if c1 is not None else k, k, out, h, mean, rstd, M, C, H, N, eps,
-            HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, SAVE=save, BLOCK_M=block_m, BLOCK_C=block_c,
-            BLOCK_H=block_h, num_warps=warps, num_stages=2)
-    except triton.runtime.errors.OutOfResources:  # a GPU with less shared memory: the PyTorch ops do it
-        _TOO_BIG.add(key)
+        if gemm_config is not None:
+            return _mlp_two_launches(x, ln_w, ln_b, w1, b1, w2, b2, c1, k, per_sample, eps, dtype, save, gemm_config)
+        w1p, w2p, hp = prepared_weights(w1, w2, max(16, triton.next_power_of_2(C)), pw_config[1], dtype)
+        return mlp_residual_prepared(x, ln_w, ln_b, w1p, b1, w2p, b2, c1, k, per_sample, eps, H, hp, save, pw_config)
+    except triton.runtime.errors.OutOfResources:  # tiles too large for this GPU: the PyTorch ops do it
         return None
-    return (out, h, mean, rstd) if save else (out, None, None, None)
 
-
-_TOO_BIG: set = set()
 
 # (C, H, save) -> (BLOCK_M, BLOCK_H, num_warps, num_stages) of the one-launch kernel over prepared weights
 # (``_mlp_residual_fwd_pw``), looked up first: the fastest of 36 configs per shape where it beat both the path the
@@ -421,28 +347,9 @@ PW_TILES: dict[tuple[int, int, bool], tuple[int, int, int, int]] = {
     (252, 504, True): (32, 64, 4, 2),    # 0.250 vs 0.268
 }
 
-# (C, H, save) -> (BLOCK_M, BLOCK_H, num_warps): the fastest tile of the sweep on an H100 for each SReT sublayer
-# shape where the kernel beat the PyTorch ops (``benchmarks/tune_sublayer_kernel.py``, results in
-# ``benchmarks/results/tune_sublayer_kernel/h100.json``; speed-ups over PyTorch in the comments). Shapes absent here
-# (all of SReT-S's: 0.15-0.87x, and SReT-T's last-stage MLP in inference: 0.87x) run the PyTorch ops.
-TILES: dict[tuple[int, int, bool], tuple[int, int, int]] = {
-    (64, 230, False): (128, 64, 4),   # T stage 0 MLP, 1.77x
-    (64, 230, True): (64, 64, 4),     # 1.45x
-    (64, 64, False): (32, 64, 4),     # T stage 0 NLL, 2.91x
-    (64, 64, True): (32, 32, 4),      # 2.57x
-    (128, 460, False): (32, 32, 4),   # T stage 1 MLP, 1.10x
-    (128, 460, True): (32, 32, 4),    # 1.15x
-    (128, 128, False): (128, 64, 8),  # T stage 1 NLL, 4.18x
-    (128, 128, True): (128, 32, 8),   # 6.46x
-    (256, 921, True): (32, 32, 4),    # T stage 2 MLP, training forward only, 1.55x
-    (256, 256, False): (64, 32, 4),   # T stage 2 NLL, 6.37x
-    (256, 256, True): (32, 32, 4),    # 3.47x
-}
-
-
 # (C, H, save) -> ((BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) of fc1, the same of fc2): shapes where LayerNorm + two
 # GEMM launches measured at least 5 % faster than both the one-launch kernel and the PyTorch ops (``benchmarks/
-# tune_sublayer_kernel.py --gemm``, then ``benchmarks/ab_gemm_tiles.py``). Looked up before :data:`TILES`.
+# tune_sublayer_kernel.py --gemm``, then ``benchmarks/ab_gemm_tiles.py``). Looked up after :data:`PW_TILES`.
 # Measured on an H100 at batch 256 (``benchmarks/results/gemm_path_run8/``; time of the sublayer forward against the
 # better of the one-launch kernel and the PyTorch ops in the comments). Where absent, LN + 2 GEMMs lost or tied.
 GEMM_TILES: dict[tuple[int, int, bool], tuple[tuple[int, int, int, int, int], tuple[int, int, int, int, int]]] = {
