@@ -110,11 +110,23 @@ SCRIPT = textwrap.dedent(
 
     # The stem's input in one pass: NCHW float32 -> NHWC float16, zero channels up to 8 (image_layout.py).
     from sret.models.image_layout import padded_nhwc
-    imgs = torch.randn(3, 3, 17, 23)
+    imgs = torch.randn(3, 3, 17, 23, generator=torch.Generator().manual_seed(0))
     got = padded_nhwc(imgs, 8, torch.float16)
     assert got.shape == (3, 8, 17, 23) and got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got[:, :3], imgs.half()) and (got[:, 3:] == 0).all()
     assert padded_nhwc(imgs, 16, torch.float16) is None  # more than 8 channels: the caller's PyTorch ops
+
+    # The depthwise pool between stages on channels-last maps (pool_kernels.py) against F.conv2d.
+    from sret.models.pool_kernels import depthwise_pool_nhwc
+    with torch.random.fork_rng(devices=[]):  # the whole-model checks below keep the random stream they had
+        for ci, co, hw in ((4, 8, (7, 7)), (3, 6, (6, 9)), (5, 5, (4, 4))):
+            conv = torch.nn.Conv2d(ci, co, 3, stride=2, padding=1, groups=ci)
+            m = torch.randn(2, ci, *hw).contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                got, want = depthwise_pool_nhwc(m, conv), conv(m.contiguous())
+            assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last), got.shape
+            assert rel(got, want) < 1e-6, rel(got, want)
+        assert depthwise_pool_nhwc(m.contiguous(), conv) is None  # NCHW input: the caller's conv
 
     # A whole model: fast path on (interpreter) and off give the same logits and gradients, first with the plain
     # modules (TokenLayerNorm's kernels), then with the fused sublayers (the residual-fused backward kernel).

@@ -23,7 +23,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from sret.errors import SReTError
-from sret.models import fused, image_layout
+from sret.models import fused, image_layout, pool_kernels
 from sret.models.attention import AttnImpl
 from sret.models.stage import EvalPermutation, RecursiveStage
 
@@ -174,6 +174,12 @@ class DepthwisePool(nn.Module):
             # choice: on an H100 at batch 256, SReT-T's two pools took 0.62 ms forward and 1.96 ms forward +
             # backward as bf16 NHWC against 0.29 / 0.99 ms this way, copy included (benchmarks/bench_pool.py,
             # docs/perf_notes.md). float32 is also the more exact of the two; Inductor picks its own layout.
+            # Without autograd, one Triton launch reads the NHWC map as it is and writes the next stage's tokens.
+            grad = torch.is_grad_enabled() and (x.requires_grad or self.conv.weight.requires_grad)
+            if not grad and fused.fused_enabled():
+                out = pool_kernels.depthwise_pool_nhwc(x, self.conv)  # (B, C_out, H/2, W/2), channels-last
+                if out is not None:
+                    return out
             with torch.autocast("cuda", enabled=False):
                 return self.conv(x.contiguous())  # (B, C_out, ceil(H/2), ceil(W/2)), float32
         return self.conv(x)  # (B, C_out, ceil(H/2), ceil(W/2))

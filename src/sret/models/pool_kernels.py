@@ -1,0 +1,73 @@
+"""The stage-to-stage depthwise pool (3x3, stride 2, padding 1, ``groups = C_in``) on channels-last maps, in one
+Triton launch (CUDA inference).
+
+Why: the stages hand over float32 maps whose memory is NHWC (their tokens), and the next stage wants NHWC tokens
+again, but cuDNN's grouped NHWC kernels were the slow choice (``DepthwisePool``), so eager mode runs the conv on an
+NCHW copy and the next stage copies the NCHW result back into tokens: two copies and a conv per pool. Here each
+program reads the 3x3 neighbourhoods of a tile of output pixels straight from the NHWC input (all channels of a
+pixel are adjacent) and writes NHWC output, which the next stage takes as tokens without a copy: one pass over the
+input and one over the output.
+
+Inference only (no autograd); :func:`depthwise_pool_nhwc` returns None where it does not apply (no Triton, not CUDA
+and not the interpreter, not float32, not channels-last, more than 512 output channels). Checked against
+``F.conv2d`` through Triton's interpreter in ``tests/test_layernorm.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from sret.models import layernorm as _ln
+
+triton = _ln.triton
+if triton is not None:
+    import triton.language as tl
+
+    @triton.jit
+    def _depthwise_pool_nhwc(X, W, B_, OUT, P, H, Wd, OH, OW, CI, CO, MULT, BLOCK_P: tl.constexpr,
+                             BLOCK_C: tl.constexpr):
+        p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # output pixels, flattened over (B, OH, OW)
+        co = tl.arange(0, BLOCK_C)
+        pmask = p < P
+        cmask = co < CO
+        ow = p % OW
+        oh = (p // OW) % OH
+        b = p // (OW * OH)
+        ci = co // MULT  # groups = C_in: output channel co reads input channel co // (C_out / C_in)
+        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        for kh in tl.static_range(3):
+            ih = oh * 2 - 1 + kh
+            for kw in tl.static_range(3):
+                iw = ow * 2 - 1 + kw
+                ok = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < Wd)
+                row = ((b.to(tl.int64) * H + ih) * Wd + iw) * CI  # start of input pixel (b, ih, iw)
+                v = tl.load(X + row[:, None] + ci[None, :], mask=ok[:, None] & cmask[None, :], other=0.0)
+                w = tl.load(W + co * 9 + kh * 3 + kw, mask=cmask, other=0.0)  # weight (C_out, 1, 3, 3)
+                acc += v * w[None, :]
+        acc += tl.load(B_ + co, mask=cmask, other=0.0)[None, :]
+        tl.store(OUT + p[:, None].to(tl.int64) * CO + co[None, :], acc, mask=pmask[:, None] & cmask[None, :])
+
+
+def depthwise_pool_nhwc(x: torch.Tensor, conv: torch.nn.Conv2d) -> Optional[torch.Tensor]:
+    """``conv(x)`` for a 3x3 / stride 2 / padding 1 depthwise ``conv`` (C_out a multiple of C_in) on ``x``
+    (B, C_in, H, W) float32 with channels-last memory: (B, C_out, ceil(H/2), ceil(W/2)), channels-last memory. None
+    where the kernel does not apply."""
+    B, CI, H, Wd = x.shape
+    CO = conv.out_channels
+    if (triton is None or os.environ.get("SRET_FUSED_KERNELS", "1") == "0" or x.dtype != torch.float32
+            or not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") or CO > 512
+            or not x.is_contiguous(memory_format=torch.channels_last) or conv.groups != CI or CO % CI
+            or conv.kernel_size != (3, 3) or conv.stride != (2, 2) or conv.padding != (1, 1) or conv.bias is None
+            or conv.weight.dtype != torch.float32):
+        return None
+    OH, OW = (H + 1) // 2, (Wd + 1) // 2
+    out = torch.empty((B, OH, OW, CO), device=x.device, dtype=torch.float32)  # NHWC memory = the next tokens
+    P = B * OH * OW
+    block_c = max(16, triton.next_power_of_2(CO))
+    block_p = max(1, 4096 // block_c)
+    _depthwise_pool_nhwc[(triton.cdiv(P, block_p),)](x, conv.weight, conv.bias, out, P, H, Wd, OH, OW, CI, CO,
+                                                     CO // CI, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+    return out.permute(0, 3, 1, 2)  # (B, C_out, OH, OW) view, channels-last strides
