@@ -9,7 +9,7 @@ pixel are adjacent) and writes NHWC output, which the next stage takes as tokens
 input and one over the output.
 
 Inference only (no autograd); :func:`depthwise_pool_nhwc` returns None where it does not apply (no Triton, not CUDA
-and not the interpreter, not float32, not channels-last, more than 512 output channels). Checked against
+and not the interpreter, not float32, not channels-last, C_out not C_in or 2 C_in). Checked against
 ``F.conv2d`` through Triton's interpreter in ``tests/test_layernorm.py``.
 """
 
@@ -27,17 +27,21 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _depthwise_pool_nhwc(X, W, B_, OUT, P, H, Wd, OH, OW, CI, CO, MULT, BLOCK_P: tl.constexpr,
-                             BLOCK_C: tl.constexpr):
+    def _depthwise_pool_nhwc(X, W, B_, OUT, P, H, Wd, OH, OW, CI, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                             DOUBLE: tl.constexpr):
+        """A (BLOCK_P pixels, BLOCK_C input channels) tile; with DOUBLE, input channel c feeds output channels 2c and
+        2c + 1 (C_out = 2 C_in, SReT's pools), written interleaved so that every load and store is a contiguous run
+        of channels."""
         p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # output pixels, flattened over (B, OH, OW)
-        co = tl.arange(0, BLOCK_C)
+        ci = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         pmask = p < P
-        cmask = co < CO
+        cmask = ci < CI
         ow = p % OW
         oh = (p // OW) % OH
         b = p // (OW * OH)
-        ci = co // MULT  # groups = C_in: output channel co reads input channel co // (C_out / C_in)
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        co0 = ci * 2 if DOUBLE else ci  # first output channel fed by input channel ci
+        acc0 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        acc1 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
         for kh in tl.static_range(3):
             ih = oh * 2 - 1 + kh
             for kw in tl.static_range(3):
@@ -45,10 +49,19 @@ if triton is not None:
                 ok = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < Wd)
                 row = ((b.to(tl.int64) * H + ih) * Wd + iw) * CI  # start of input pixel (b, ih, iw)
                 v = tl.load(X + row[:, None] + ci[None, :], mask=ok[:, None] & cmask[None, :], other=0.0)
-                w = tl.load(W + co * 9 + kh * 3 + kw, mask=cmask, other=0.0)  # weight (C_out, 1, 3, 3)
-                acc += v * w[None, :]
-        acc += tl.load(B_ + co, mask=cmask, other=0.0)[None, :]
-        tl.store(OUT + p[:, None].to(tl.int64) * CO + co[None, :], acc, mask=pmask[:, None] & cmask[None, :])
+                w0 = tl.load(W + co0 * 9 + kh * 3 + kw, mask=cmask, other=0.0)  # weight (C_out, 1, 3, 3)
+                acc0 += v * w0[None, :]
+                if DOUBLE:
+                    w1 = tl.load(W + (co0 + 1) * 9 + kh * 3 + kw, mask=cmask, other=0.0)
+                    acc1 += v * w1[None, :]
+        acc0 += tl.load(B_ + co0, mask=cmask, other=0.0)[None, :]
+        if DOUBLE:
+            acc1 += tl.load(B_ + co0 + 1, mask=cmask, other=0.0)[None, :]
+            co = tl.program_id(1) * 2 * BLOCK_C + tl.arange(0, 2 * BLOCK_C)
+            tl.store(OUT + p[:, None].to(tl.int64) * (2 * CI) + co[None, :], tl.interleave(acc0, acc1),
+                     mask=pmask[:, None] & (co < 2 * CI)[None, :])
+        else:
+            tl.store(OUT + p[:, None].to(tl.int64) * CI + ci[None, :], acc0, mask=pmask[:, None] & cmask[None, :])
 
 
 def depthwise_pool_nhwc(x: torch.Tensor, conv: torch.nn.Conv2d) -> Optional[torch.Tensor]:
@@ -58,16 +71,17 @@ def depthwise_pool_nhwc(x: torch.Tensor, conv: torch.nn.Conv2d) -> Optional[torc
     B, CI, H, Wd = x.shape
     CO = conv.out_channels
     if (triton is None or os.environ.get("SRET_FUSED_KERNELS", "1") == "0" or x.dtype != torch.float32
-            or not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") or CO > 512
-            or not x.is_contiguous(memory_format=torch.channels_last) or conv.groups != CI or CO % CI
+            or not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") or CO not in (CI, 2 * CI)
+            or not x.is_contiguous(memory_format=torch.channels_last) or conv.groups != CI
             or conv.kernel_size != (3, 3) or conv.stride != (2, 2) or conv.padding != (1, 1) or conv.bias is None
             or conv.weight.dtype != torch.float32):
         return None
     OH, OW = (H + 1) // 2, (Wd + 1) // 2
     out = torch.empty((B, OH, OW, CO), device=x.device, dtype=torch.float32)  # NHWC memory = the next tokens
     P = B * OH * OW
-    block_c = max(16, triton.next_power_of_2(CO))
-    block_p = max(1, 4096 // block_c)
-    _depthwise_pool_nhwc[(triton.cdiv(P, block_p),)](x, conv.weight, conv.bias, out, P, H, Wd, OH, OW, CI, CO,
-                                                     CO // CI, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+    block_c = min(64, max(16, triton.next_power_of_2(CI)))
+    block_p = 64
+    _depthwise_pool_nhwc[(triton.cdiv(P, block_p), triton.cdiv(CI, block_c))](
+        x, conv.weight, conv.bias, out, P, H, Wd, OH, OW, CI, BLOCK_P=block_p, BLOCK_C=block_c, DOUBLE=CO == 2 * CI,
+        num_warps=4)
     return out.permute(0, 3, 1, 2)  # (B, C_out, OH, OW) view, channels-last strides
