@@ -119,7 +119,9 @@ SCRIPT = textwrap.dedent(
     # The depthwise pool between stages on channels-last maps (pool_kernels.py) against F.conv2d.
     from sret.models.pool_kernels import depthwise_pool_nhwc
     with torch.random.fork_rng(devices=[]):  # the whole-model checks below keep the random stream they had
-        for ci, co, hw in ((4, 8, (7, 7)), (3, 6, (6, 9)), (5, 5, (4, 4)), (70, 140, (5, 3))):
+        # channel counts off a multiple of 16 (per-output tiles), then multiples of 16 (input-channel tiles)
+        cases = ((4, 8, (7, 7)), (3, 6, (6, 9)), (5, 5, (4, 4)), (70, 140, (5, 3)), (32, 64, (5, 6)), (16, 16, (4, 5)))
+        for ci, co, hw in cases:
             conv = torch.nn.Conv2d(ci, co, 3, stride=2, padding=1, groups=ci)
             m = torch.randn(2, ci, *hw).contiguous(memory_format=torch.channels_last)
             with torch.no_grad():

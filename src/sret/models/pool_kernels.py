@@ -64,6 +64,34 @@ if triton is not None:
             tl.store(OUT + p[:, None].to(tl.int64) * CI + ci[None, :], acc0, mask=pmask[:, None] & cmask[None, :])
 
 
+    @triton.jit
+    def _depthwise_pool_nhwc_by_output(X, W, B_, OUT, P, H, Wd, OH, OW, CI, CO, MULT, BLOCK_P: tl.constexpr,
+                                       BLOCK_C: tl.constexpr):
+        """A (BLOCK_P pixels, all output channels) tile, output channel co reading input channel co // MULT: for
+        channel counts that are not a multiple of 16 (SReT-S: 126, 252), where it measured faster than the
+        input-channel tiles above (run 22: SReT-S inference 20.80 against 21.41 ms)."""
+        p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+        co = tl.arange(0, BLOCK_C)
+        pmask = p < P
+        cmask = co < CO
+        ow = p % OW
+        oh = (p // OW) % OH
+        b = p // (OW * OH)
+        ci = co // MULT
+        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        for kh in tl.static_range(3):
+            ih = oh * 2 - 1 + kh
+            for kw in tl.static_range(3):
+                iw = ow * 2 - 1 + kw
+                ok = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < Wd)
+                row = ((b.to(tl.int64) * H + ih) * Wd + iw) * CI
+                v = tl.load(X + row[:, None] + ci[None, :], mask=ok[:, None] & cmask[None, :], other=0.0)
+                w = tl.load(W + co * 9 + kh * 3 + kw, mask=cmask, other=0.0)
+                acc += v * w[None, :]
+        acc += tl.load(B_ + co, mask=cmask, other=0.0)[None, :]
+        tl.store(OUT + p[:, None].to(tl.int64) * CO + co[None, :], acc, mask=pmask[:, None] & cmask[None, :])
+
+
 def depthwise_pool_nhwc(x: torch.Tensor, conv: torch.nn.Conv2d) -> Optional[torch.Tensor]:
     """``conv(x)`` for a 3x3 / stride 2 / padding 1 depthwise ``conv`` (C_out a multiple of C_in) on ``x``
     (B, C_in, H, W) float32 with channels-last memory: (B, C_out, ceil(H/2), ceil(W/2)), channels-last memory. None
@@ -79,7 +107,14 @@ def depthwise_pool_nhwc(x: torch.Tensor, conv: torch.nn.Conv2d) -> Optional[torc
     OH, OW = (H + 1) // 2, (Wd + 1) // 2
     out = torch.empty((B, OH, OW, CO), device=x.device, dtype=torch.float32)  # NHWC memory = the next tokens
     P = B * OH * OW
-    block_c = min(64, max(16, triton.next_power_of_2(CI)))
+    if CI % 16 or CO > 512:
+        block_c = max(16, triton.next_power_of_2(CO))
+        block_p = max(1, 4096 // block_c)
+        _depthwise_pool_nhwc_by_output[(triton.cdiv(P, block_p),)](
+            x, conv.weight, conv.bias, out, P, H, Wd, OH, OW, CI, CO, CO // CI, BLOCK_P=block_p, BLOCK_C=block_c,
+            num_warps=4)
+        return out.permute(0, 3, 1, 2)
+    block_c = min(64, triton.next_power_of_2(CI))
     block_p = 64
     _depthwise_pool_nhwc[(triton.cdiv(P, block_p), triton.cdiv(CI, block_c))](
         x, conv.weight, conv.bias, out, P, H, Wd, OH, OW, CI, BLOCK_P=block_p, BLOCK_C=block_c, DOUBLE=CO == 2 * CI,
