@@ -165,6 +165,12 @@ SCRIPT = textwrap.dedent(
         plain_eval = model(x)
     assert any(seen), "the shuffled LayerNorm path did not run"
     torch.testing.assert_close(fused_eval, plain_eval, rtol=1e-4, atol=1e-5)
+    # ... and with the residual kernel switched off, the branch is put back in grid order by the PyTorch fallback
+    with torch.no_grad():
+        os.environ["SRET_FAST_LN"], os.environ["SRET_FUSED"], os.environ["SRET_FUSED_KERNELS"] = "1", "1", "0"
+        no_kernels_eval = model(x)
+        os.environ["SRET_FUSED_KERNELS"] = "1"
+    torch.testing.assert_close(no_kernels_eval, plain_eval, rtol=1e-4, atol=1e-5)
     model.train()
     # The fused sublayers under float16 autocast: the one-launch forward kernels (SRET_FUSED_KERNELS=1) against the
     # same sublayers made of PyTorch ops; logits and every gradient agree to float16 rounding.

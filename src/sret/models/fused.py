@@ -95,7 +95,8 @@ def _use_triton(x: torch.Tensor) -> bool:
 
 def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, w: torch.Tensor,
                         mean: torch.Tensor, rstd: torch.Tensor, g: torch.Tensor, c1: Optional[torch.Tensor],
-                        scale: Optional[torch.Tensor], eps: float, dtype: torch.dtype, triton: bool):
+                        scale: Optional[torch.Tensor], eps: float, dtype: torch.dtype, triton: bool,
+                        perm: Optional[torch.Tensor] = None, inv_perm: Optional[torch.Tensor] = None):
     """Backward of ``c1 * x + ... z`` with ``z = LN(x) @ w.T + b``, given ``dz`` (M, out) and ``g = d out`` (B, N, C).
 
     The LN output is recomputed from the saved statistics. Returns ``(dx, dln_w, dln_b, dw, db, dc1, gsum)``, with
@@ -104,14 +105,23 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
     On the Triton path the recomputed LN output carries a ones column, so the weight-gradient GEMM also yields
     ``db = sum(dz)`` (rounded to the compute dtype, as autograd's bias gradient of a bf16 ``addmm`` is): no
     separate reduction over the (M, out) gradient.
+
+    ``perm`` (Triton path only): the rows of ``dz`` hold each sample's tokens in the order ``perm`` (the sliced
+    attention's shuffle). The LN output is recomputed in that order (the weight gradients are sums over rows, so any
+    common order gives them), and only ``dz @ w``, (M, C), is gathered back to grid order by ``inv_perm``.
     """
     B, N, C = x.shape
     x2 = x.view(B * N, C)
-    xn, _, _ = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton, ones_column=triton)
+    if perm is not None:
+        xn, _, _ = _ln.ln_forward(x2, ln_w, ln_b, eps, dtype, ones_column=True, rows=perm)  # rows in perm order
+    else:
+        xn, _, _ = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton, ones_column=triton)
     dwb = torch.mm(dz.t(), xn)  # (out, C) or, with the ones column, (out, C + pad)
     dw = dwb[:, :C].to(w.dtype)
     db = dwb[:, C].to(w.dtype) if triton else dz.sum(0, dtype=w.dtype)
     dxn = torch.mm(dz, w.to(dtype))
+    if perm is not None:
+        dxn = dxn.view(B, N, C).index_select(1, inv_perm).view(B * N, C)  # back to grid order
     dx, dlw, dlb, dc1, gsum = _layer_norm_backward(dxn, x2, ln_w, ln_b, mean, rstd, g.view(B * N, C), c1, scale, N,
                                                    triton)
     return dx.view(B, N, C), dlw, dlb, dw, db, dc1, gsum
@@ -235,10 +245,10 @@ class _AttnResidual(torch.autograd.Function):
                 heads: int, width: int, training: bool):
         B, N, C = x.shape
         triton = _use_triton(x)
-        # Inference with a token shuffle: the LayerNorm reads the rows in shuffled order and the residual reads the
-        # branch back through the inverse, so the shuffle and un-shuffle cost no passes of their own. (Training keeps
-        # the gathers inside ``attend``: its backward re-runs ``attend`` on grid-ordered q/k/v.)
-        shuffle_in_kernels = perm is not None and triton and not training
+        # A token shuffle inside the kernels: the LayerNorm reads the rows in shuffled order and the residual reads
+        # the branch back through the inverse, so the shuffle and un-shuffle cost no passes of their own. In training
+        # q/k/v are saved in that order and the backward stays in it (see ``backward``).
+        shuffle_in_kernels = perm is not None and triton
         if width:
             wqkv_e = _pad_heads(wqkv, heads, C // heads, width)  # (3 * heads * width, C), zero rows in the padding
             bqkv_e = _pad_heads(bqkv, heads, C // heads, width)
@@ -261,10 +271,16 @@ class _AttnResidual(torch.autograd.Function):
                 out = _kernels.residual_forward(x, y, c1, c2, scale, y_rows=inv_perm)  # grid order again
             else:
                 out = _kernels.residual_forward(x, y, c1, c2, scale) if triton else None
-            if out is None:
+            if out is None:  # the residual kernel switched off (SRET_FUSED_KERNELS=0): PyTorch ops, grid order
+                if shuffle_in_kernels:
+                    y = y.index_select(1, inv_perm)
                 out = _residual(x, y, c1, _branch_scale(c2, scale, B))
+        if shuffle_in_kernels and training:  # the backward's LayerNorm works in grid order: its statistics too
+            mean = mean.view(B, N).index_select(1, inv_perm).view(-1)
+            rstd = rstd.view(B, N).index_select(1, inv_perm).view(-1)
         ctx.save_for_backward(x, ln_w, ln_b, wqkv_e, wp, wp_e, bp, c1, c2, scale, qkv, mean, rstd, perm, inv_perm)
         ctx.eps, ctx.dtype, ctx.triton, ctx.attend, ctx.heads, ctx.width = eps, dtype, triton, attend, heads, width
+        ctx.shuffled = shuffle_in_kernels
         return out
 
     @staticmethod
@@ -274,14 +290,19 @@ class _AttnResidual(torch.autograd.Function):
         B, N, C = x.shape
         g = g.contiguous()
         g_s = g if scale is None else g * scale.view(B, 1, 1)
+        shuffled = ctx.shuffled  # q/k/v saved in the shuffled token order: the whole branch stays in it
         with torch.enable_grad():
             qkv_in = qkv.detach().requires_grad_(True)
-            o = ctx.attend(qkv_in, perm, inv_perm)  # (B, N, heads * D), recomputed
+            # (B, N, heads * D), recomputed; shuffled: already grouped in shuffled order, no gathers
+            o = ctx.attend(qkv_in, None, None) if shuffled else ctx.attend(qkv_in, perm, inv_perm)
         o2 = o.detach().reshape(B * N, -1)
+        if shuffled:  # the branch's incoming gradient in the same order (cast first: half the bytes to gather)
+            g_s = g_s.to(dtype).index_select(1, perm)
         do, gwp = _projection_grads(g_s.view(B * N, C), o2, wp_e, c2, dtype)
         (dqkv,) = torch.autograd.grad(o, qkv_in, do.view(B, N, -1))
-        dx, dlw, dlb, dwqkv, dbqkv, dc1, gbp = _ln_linear_backward(dqkv.reshape(B * N, -1), x, ln_w, ln_b, wqkv_e,
-                                                                   mean, rstd, g, c1, scale, ctx.eps, dtype, triton)
+        dx, dlw, dlb, dwqkv, dbqkv, dc1, gbp = _ln_linear_backward(
+            dqkv.reshape(B * N, -1), x, ln_w, ln_b, wqkv_e, mean, rstd, g, c1, scale, ctx.eps, dtype, triton,
+            perm if shuffled else None, inv_perm if shuffled else None)
         if width:  # back to the parameters' shapes: drop the padding rows / columns
             dwqkv = _unpad_heads(dwqkv, heads, width, C // heads)
             dbqkv = _unpad_heads(dbqkv, heads, width, C // heads)
