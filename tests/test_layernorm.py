@@ -130,6 +130,32 @@ SCRIPT = textwrap.dedent(
             assert rel(got, want) < 1e-6, rel(got, want)
         assert depthwise_pool_nhwc(m.contiguous(), conv) is None  # NCHW input: the caller's conv
 
+    # The training stem's BatchNorm + ReLU (batchnorm_kernels.py) against F.relu(BatchNorm2d): output, every
+    # gradient, running statistics (float32, shifted data so that the variance is small next to the mean).
+    from sret.models.batchnorm_kernels import batch_norm_relu
+    with torch.random.fork_rng(devices=[]):
+        for shape in ((2, 5, 7, 9), (3, 40, 11, 6)):
+            C = shape[1]
+            mine, ref = torch.nn.BatchNorm2d(C), torch.nn.BatchNorm2d(C)
+            with torch.no_grad():
+                for m in (mine, ref):
+                    m.weight.copy_(torch.linspace(-1, 2, C))
+                    m.bias.copy_(torch.linspace(0.5, -0.5, C))
+                    m.running_mean.fill_(0.3)
+                    m.running_var.fill_(2.0)
+            xa = (torch.randn(*shape) * 0.5 + 20).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+            xb = xa.detach().clone().requires_grad_(True)
+            ya, yb = batch_norm_relu(xa, mine), F.relu(ref(xb))
+            gy = torch.randn_like(yb)
+            (ya * gy).sum().backward()
+            (yb * gy).sum().backward()
+            assert ya.is_contiguous(memory_format=torch.channels_last) and rel(ya, yb) < 1e-5, rel(ya, yb)
+            for a, b in ((xa.grad, xb.grad), (mine.weight.grad, ref.weight.grad), (mine.bias.grad, ref.bias.grad),
+                         (mine.running_mean, ref.running_mean), (mine.running_var, ref.running_var)):
+                assert rel(a, b) < 1e-5, (shape, rel(a, b))
+            assert int(mine.num_batches_tracked) == 1
+        assert batch_norm_relu(xa.detach().contiguous(), mine) is None  # NCHW: the caller's PyTorch ops
+
     # A whole model: fast path on (interpreter) and off give the same logits and gradients, first with the plain
     # modules (TokenLayerNorm's kernels), then with the fused sublayers (the residual-fused backward kernel).
     import os

@@ -23,7 +23,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from sret.errors import SReTError
-from sret.models import fused, image_layout, pool_kernels
+from sret.models import batchnorm_kernels, fused, image_layout, pool_kernels
 from sret.models.attention import AttnImpl
 from sret.models.stage import EvalPermutation, RecursiveStage
 
@@ -72,9 +72,18 @@ class ConvStem(nn.Module):
                 x = _padded_input(x, fused.compute_dtype(x))  # (B, C_in + pad, H, W), channels-last
             else:
                 x = x.contiguous(memory_format=torch.channels_last)
-        x = F.relu(self.bn1(self._conv1(x)))  # (B, C/2, H/2, W/2)
-        x = F.relu(self.bn2(self.conv2(x)))  # (B, C, H/4, W/4)
-        return F.relu(self.bn3(self.conv3(x)))  # (B, C, H/8, W/8)
+        x = self._bn_relu(self._conv1(x), self.bn1)  # (B, C/2, H/2, W/2)
+        x = self._bn_relu(self.conv2(x), self.bn2)  # (B, C, H/4, W/4)
+        return self._bn_relu(self.conv3(x), self.bn3)  # (B, C, H/8, W/8)
+
+    @staticmethod
+    def _bn_relu(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+        """``relu(bn(x))``; in eager training on CUDA two Triton passes each way (``batchnorm_kernels.py``)."""
+        if x.is_cuda and fused.fused_enabled():
+            out = batchnorm_kernels.batch_norm_relu(x, bn)
+            if out is not None:
+                return out
+        return F.relu(bn(x))
 
     def _conv1(self, x: torch.Tensor) -> torch.Tensor:
         """``conv1``, also over images carrying zero-padded channels (see :func:`_stem_pad`): zero weights there."""
