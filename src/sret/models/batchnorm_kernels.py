@@ -19,7 +19,6 @@ interpreter, not channels-last, more than 256 channels, a BatchNorm without runn
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -177,11 +176,9 @@ class _BatchNormReLU(torch.autograd.Function):
 def batch_norm_relu(x: torch.Tensor, bn: nn.BatchNorm2d) -> Optional[torch.Tensor]:
     """``F.relu(bn(x))`` for a BatchNorm in training mode on channels-last ``x`` (B, C, H, W), running statistics
     updated; None where the kernels do not apply."""
-    if (triton is None or os.environ.get("SRET_FUSED_KERNELS", "1") == "0" or not bn.training
-            or not bn.track_running_stats or bn.momentum is None or not bn.affine or x.dim() != 4
-            or x.shape[1] > 256 or x.shape[0] * x.shape[2] * x.shape[3] < 2
-            or not x.is_contiguous(memory_format=torch.channels_last)
-            or not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")):
+    if (not _ln.fused_kernels_enabled(x) or not bn.training or not bn.track_running_stats or bn.momentum is None
+            or not bn.affine or x.dim() != 4 or x.shape[1] > 256 or x.shape[0] * x.shape[2] * x.shape[3] < 2
+            or not x.is_contiguous(memory_format=torch.channels_last)):
         return None
     y, mean, var = _BatchNormReLU.apply(x, bn.weight, bn.bias, bn.eps)
     M = x.numel() // x.shape[1]

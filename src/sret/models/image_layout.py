@@ -15,7 +15,6 @@ more than 8 channels); callers then use the PyTorch ops. Checked against them th
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -44,8 +43,7 @@ def padded_nhwc(x: torch.Tensor, channels: int, dtype: torch.dtype) -> Optional[
     H, W) view of (B, H, W, channels) memory. ``channels`` must be a power of two up to 8; None where the kernel does
     not apply."""
     B, C, H, W = x.shape
-    if (triton is None or os.environ.get("SRET_FUSED_KERNELS", "1") == "0" or channels > 8 or channels < C
-            or channels & (channels - 1) or not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")):
+    if not _ln.fused_kernels_enabled(x) or channels > 8 or channels < C or channels & (channels - 1):
         return None
     x = x.contiguous()
     out = torch.empty((B, H, W, channels), device=x.device, dtype=dtype)  # NHWC memory

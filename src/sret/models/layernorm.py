@@ -36,6 +36,14 @@ except ImportError:  # pragma: no cover - depends on the install
 _MAX_C = 1024
 
 
+def fused_kernels_enabled(x: torch.Tensor) -> bool:
+    """Whether the fused Triton kernels (sublayers, stem, pools) may run on ``x``: Triton importable, not switched off
+    (``SRET_FUSED_KERNELS=0``), ``x`` on CUDA or on the CPU under Triton's interpreter (how the CPU tests run them)."""
+    if triton is None or os.environ.get("SRET_FUSED_KERNELS", "1") == "0":
+        return False
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def fast_layer_norm_available(x: torch.Tensor) -> bool:
     """Whether :func:`fast_layer_norm` may run on ``x`` (else use ``F.layer_norm``)."""
     if triton is None or os.environ.get("SRET_FAST_LN", "1") == "0":

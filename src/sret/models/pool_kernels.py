@@ -15,7 +15,6 @@ and not the interpreter, not float32, not channels-last, C_out not C_in or 2 C_i
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -98,8 +97,7 @@ def depthwise_pool_nhwc(x: torch.Tensor, conv: torch.nn.Conv2d) -> Optional[torc
     where the kernel does not apply."""
     B, CI, H, Wd = x.shape
     CO = conv.out_channels
-    if (triton is None or os.environ.get("SRET_FUSED_KERNELS", "1") == "0" or x.dtype != torch.float32
-            or not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") or CO not in (CI, 2 * CI)
+    if (not _ln.fused_kernels_enabled(x) or x.dtype != torch.float32 or CO not in (CI, 2 * CI)
             or not x.is_contiguous(memory_format=torch.channels_last) or conv.groups != CI
             or conv.kernel_size != (3, 3) or conv.stride != (2, 2) or conv.padding != (1, 1) or conv.bias is None
             or conv.weight.dtype != torch.float32):

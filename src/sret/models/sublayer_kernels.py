@@ -22,7 +22,6 @@ against the PyTorch path through Triton's CPU interpreter in ``tests/test_layern
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -37,16 +36,9 @@ _MAX_C = 512
 _DTYPES = (torch.bfloat16, torch.float16)
 
 
-def _device_ok(x: torch.Tensor) -> bool:
-    """Triton present, not switched off, and ``x`` on CUDA (or the CPU under Triton's interpreter)."""
-    if triton is None or os.environ.get("SRET_FUSED_KERNELS", "1") == "0":
-        return False
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def kernels_available(x: torch.Tensor, dtype: torch.dtype) -> bool:
     """Whether the fused forward kernels may run on ``x`` with Linears in ``dtype``."""
-    return dtype in _DTYPES and x.shape[-1] <= _MAX_C and _device_ok(x)
+    return dtype in _DTYPES and x.shape[-1] <= _MAX_C and _ln.fused_kernels_enabled(x)
 
 
 if triton is not None:
@@ -377,7 +369,7 @@ def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale,
     ``y_rows`` (N,) int64: y holds each sample's tokens in another order, token ``i`` of x pairs with row
     ``y_rows[i]`` of y (the inverse of the permutation that made y's order).
     """
-    if not _device_ok(x):
+    if not _ln.fused_kernels_enabled(x):
         return None
     B, N, C = x.shape
     if y_rows is not None and (y_rows.numel() != N or y_rows.dtype != torch.int64):
