@@ -135,7 +135,7 @@ _CUDNN_CONV_RELU_FAILED: set = set()
 
 
 def _stem_pad(in_chans: int) -> int:
-    """Zero channels to add to the images before the first conv (CUDA eager): up to a multiple of 8.
+    """Zero channels to add to the images before the first conv (CUDA eager training): up to a multiple of 8.
 
     Why: with 3 input channels (6-byte bf16 pixels) cuDNN runs the first conv with a generic NHWC kernel; on an H100
     at batch 256 it took ~0.5 ms forward for a layer that moves ~0.3 GB. Eight channels give 16-byte pixels that its
