@@ -11,8 +11,9 @@ is one ``torch.autograd.Function`` whose backward is written out: the coefficien
 gradients already computed (``dc2 = <W, G^T A> + <b, sum G>``, no pass over the tokens), the LayerNorm backward
 finishes the residual in the same pass (``dx += c1 * g``, ``dc1 = sum(g * x)``, in the Triton kernel on CUDA), and
 what is saved is chosen for memory: the residual input (shared with the previous sublayer's output), the
-LayerNorm statistics and the MLP's pre-activation (or the attention's q/k/v). The LayerNorm output and the GELU
-are recomputed in backward; the attention core is re-run in backward (flash attention, cheap next to the MLPs).
+LayerNorm statistics and the MLP's pre-activation (or the attention core's output and log-sum-exp). The LayerNorm
+output, the GELU and q/k/v are recomputed in backward, where the fused attention kernel's own backward runs (where
+sdpa would not run cuDNN or flash attention, q/k/v are kept instead and the core is re-run under autograd).
 Measured on an H100 (docs/perf_notes.md): SReT-T's training peak at batch 256 falls from 8.24 to 4.52 GiB.
 The forward of the MLP/NLL sublayers is one Triton launch where that was measured to pay (``sublayer_kernels.py``).
 
@@ -31,10 +32,11 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from sret.models import layernorm as _ln
-from sret.models.attention import invert_permutation
+from sret.models.attention import invert_permutation, split_qkv
 from sret.models import sublayer_kernels as _kernels
 
 
@@ -93,10 +95,22 @@ def _use_triton(x: torch.Tensor) -> bool:
     return _ln.triton is not None and _ln.fast_layer_norm_available(x) and x.shape[-1] <= _ln._MAX_C
 
 
+def _recompute_ln(x: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, eps: float, dtype: torch.dtype,
+                  triton: bool, perm: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The LayerNorm output of ``x`` (B, N, C) again, (B*N, C) in ``dtype``, for a backward. On the Triton path it
+    carries a ones column (see :func:`_ln_linear_backward`), and ``perm`` puts each sample's rows in that order."""
+    B, N, C = x.shape
+    x2 = x.view(B * N, C)
+    if perm is not None:
+        return _ln.ln_forward(x2, ln_w, ln_b, eps, dtype, ones_column=True, rows=perm)[0]  # rows in perm order
+    return _layer_norm(x2, ln_w, ln_b, eps, dtype, triton, ones_column=triton)[0]
+
+
 def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, w: torch.Tensor,
                         mean: torch.Tensor, rstd: torch.Tensor, g: torch.Tensor, c1: Optional[torch.Tensor],
                         scale: Optional[torch.Tensor], eps: float, dtype: torch.dtype, triton: bool,
-                        perm: Optional[torch.Tensor] = None, inv_perm: Optional[torch.Tensor] = None):
+                        perm: Optional[torch.Tensor] = None, inv_perm: Optional[torch.Tensor] = None,
+                        xn: Optional[torch.Tensor] = None):
     """Backward of ``c1 * x + ... z`` with ``z = LN(x) @ w.T + b``, given ``dz`` (M, out) and ``g = d out`` (B, N, C).
 
     The LN output is recomputed from the saved statistics. Returns ``(dx, dln_w, dln_b, dw, db, dc1, gsum)``, with
@@ -109,13 +123,12 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
     ``perm`` (Triton path only): the rows of ``dz`` hold each sample's tokens in the order ``perm`` (the sliced
     attention's shuffle). The LN output is recomputed in that order (the weight gradients are sums over rows, so any
     common order gives them), and only ``dz @ w``, (M, C), is gathered back to grid order by ``inv_perm``.
+    ``xn``: the LayerNorm output from :func:`_recompute_ln` where the caller already has it.
     """
     B, N, C = x.shape
     x2 = x.view(B * N, C)
-    if perm is not None:
-        xn, _, _ = _ln.ln_forward(x2, ln_w, ln_b, eps, dtype, ones_column=True, rows=perm)  # rows in perm order
-    else:
-        xn, _, _ = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton, ones_column=triton)
+    if xn is None:
+        xn = _recompute_ln(x, ln_w, ln_b, eps, dtype, triton, perm)
     dwb = torch.mm(dz.t(), xn)  # (out, C) or, with the ones column, (out, C + pad)
     dw = dwb[:, :C].to(w.dtype)
     db = dwb[:, C].to(w.dtype) if triton else dz.sum(0, dtype=w.dtype)
@@ -229,11 +242,79 @@ def _unpad_heads(t: torch.Tensor, heads: int, width: int, head_dim: int) -> torc
     return t.reshape(-1, heads, width, *rest)[:, :, :head_dim].reshape(-1, *rest)
 
 
+# Training keeps the attention core's output and log-sum-exp and calls the fused kernels' backward directly, where
+# ``F.scaled_dot_product_attention`` would run cuDNN's or flash attention: re-running the core in backward under
+# autograd cost a second forward kernel per sublayer and the host time of a nested ``autograd.grad``
+# (docs/perf_notes.md, change 28). Elsewhere (the CPU, the math implementation, other sdpa backends) the core is
+# re-run as before.
+_DIRECT_BACKENDS = {int(SDPBackend.CUDNN_ATTENTION): "cudnn", int(SDPBackend.FLASH_ATTENTION): "flash"}
+
+
+def _attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Optional[str]:
+    """``"cudnn"`` or ``"flash"`` where sdpa would pick that kernel for these q/k/v in a training step, else None."""
+    if not q.is_cuda or os.environ.get("SRET_ATTN_DIRECT", "1") == "0":
+        return None
+    # Asked with inputs that require grad: some kernels are only eligible without a backward.
+    choice = torch._fused_sdp_choice(q.detach().requires_grad_(), k.detach().requires_grad_(),
+                                     v.detach().requires_grad_(), scale=scale)
+    return _DIRECT_BACKENDS.get(int(choice))
+
+
+def _at_least_float32(t: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def _attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, backend: str):
+    """``(o, state)``: ``softmax(q k^T * scale) v`` (B', H, n, D) and what :func:`_attention_backward` needs.
+
+    ``backend`` ``"math"`` is the explicit formula (float64-capable: the CPU tests check the plumbing with it).
+    """
+    if backend == "cudnn":
+        o, lse, _, _, max_q, max_k, seed, offset, _ = torch.ops.aten._scaled_dot_product_cudnn_attention(
+            q, k, v, None, True, 0.0, False, False, scale=scale)
+    elif backend == "flash":
+        o, lse, _, _, max_q, max_k, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
+            q, k, v, 0.0, False, False, scale=scale)
+    else:
+        s = (q @ k.transpose(-2, -1)).to(_at_least_float32(q)) * scale  # (B', H, n, n)
+        lse = torch.logsumexp(s, dim=-1)  # (B', H, n)
+        o = torch.exp(s - lse[..., None]).to(q.dtype) @ v
+        max_q = max_k = 0
+        seed = offset = None
+    return o, (lse, seed, offset, max_q, max_k)
+
+
+def _attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                        state, scale: float, backend: str):
+    """``(dq, dk, dv)`` of :func:`_attention_forward` for the incoming ``do``."""
+    lse, seed, offset, max_q, max_k = state
+    if backend == "cudnn":
+        return torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
+            do, q, k, v, o, lse, seed, offset, None, None, None, max_q, max_k, 0.0, False, scale=scale)
+    if backend == "flash":
+        return torch.ops.aten._scaled_dot_product_flash_attention_backward(
+            do, q, k, v, o, lse, None, None, max_q, max_k, 0.0, False, seed, offset, scale=scale)
+    acc = _at_least_float32(q)
+    p = torch.exp((q @ k.transpose(-2, -1)).to(acc) * scale - lse[..., None])  # (B', H, n, n)
+    dv = p.to(do.dtype).transpose(-2, -1) @ do
+    dp = (do @ v.transpose(-2, -1)).to(acc)
+    ds = p * (dp - (do.to(acc) * o.to(acc)).sum(-1, keepdim=True)) * scale
+    return (ds.to(q.dtype) @ k), (ds.to(q.dtype).transpose(-2, -1) @ q), dv
+
+
+def _merge_heads(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """``(B*G, H, n, D)`` -> ``(B, N, H*D)`` tokens (a view when ``t`` is laid out as (B*G, n, H, D))."""
+    BG, H, n, D = t.shape
+    return t.transpose(1, 2).reshape(batch, (BG // batch) * n, H * D)
+
+
 class _AttnResidual(torch.autograd.Function):
     """``c1 * x + c2 * s * proj(attend(qkv(LN(x))))``; ``attend`` maps q/k/v (B, N, 3C) to (B, N, C).
 
-    ``attend`` (grouping, permutation, attention kernel) is re-run in backward under autograd to get d qkv: the
-    fused attention kernels' own backward is used and nothing but q/k/v is kept between the passes. With
+    In training, where sdpa would run cuDNN's or flash attention (``sdpa`` True, CUDA, no token gathers), the core
+    runs as that kernel's forward op and keeps its output and log-sum-exp; the backward recomputes q/k/v (one GEMM
+    on the LayerNorm output it recomputes anyway) and calls the kernel's backward op directly. Otherwise ``attend``
+    (grouping, permutation, attention kernel) is re-run in backward under autograd from the saved q/k/v. With
     ``width`` > 0 every head is carried ``width`` wide instead of ``C / heads``: the qkv weight and bias get zero
     rows and the proj weight zero columns there (see ``SlicedGroupAttention.attend``), so q/k/v come out of the GEMM
     already in the layout the flash kernels need and no activation is padded or unpadded.
@@ -242,7 +323,7 @@ class _AttnResidual(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, ln_w, ln_b, wqkv, bqkv, wp, bp, c1, c2, scale, eps: float, dtype: torch.dtype,
                 attend: Callable[..., torch.Tensor], perm: Optional[torch.Tensor], inv_perm: Optional[torch.Tensor],
-                heads: int, width: int, training: bool):
+                heads: int, width: int, training: bool, groups: int, attn_scale: float, sdpa: bool):
         B, N, C = x.shape
         triton = _use_triton(x)
         # A token shuffle inside the kernels: the LayerNorm reads the rows in shuffled order and the residual reads
@@ -262,7 +343,14 @@ class _AttnResidual(torch.autograd.Function):
             else:
                 xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)
             qkv = torch.addmm(bqkv_e.to(dtype), xn, wqkv_e.to(dtype).t()).view(B, N, -1)  # (B, N, 3 * heads * D)
-            if shuffle_in_kernels:
+            backend = None
+            if training and sdpa and (perm is None or shuffle_in_kernels):
+                q, k, v = split_qkv(qkv, groups, heads)  # each (B*G, heads, n, D), views of qkv
+                backend = _attention_backend(q, k, v, attn_scale)
+            if backend is not None:  # the core's output and log-sum-exp are kept: no re-run in backward
+                o4, state = _attention_forward(q, k, v, attn_scale, backend)
+                o = _merge_heads(o4, B).reshape(B * N, -1)  # (B*N, heads * D), shuffled if the LayerNorm shuffled
+            elif shuffle_in_kernels:
                 o = attend(qkv, None, None).reshape(B * N, -1)  # (B*N, heads * D), still shuffled
             else:
                 o = attend(qkv, perm, inv_perm).reshape(B * N, -1)  # (B*N, heads * D), grid token order
@@ -278,37 +366,55 @@ class _AttnResidual(torch.autograd.Function):
         if shuffle_in_kernels and training:  # the backward's LayerNorm works in grid order: its statistics too
             mean = mean.view(B, N).index_select(1, inv_perm).view(-1)
             rstd = rstd.view(B, N).index_select(1, inv_perm).view(-1)
-        ctx.save_for_backward(x, ln_w, ln_b, wqkv_e, wp, wp_e, bp, c1, c2, scale, qkv, mean, rstd, perm, inv_perm)
+        if backend is not None:  # q/k/v are recomputed in backward from the LayerNorm output it recomputes anyway
+            lse, seed, offset, ctx.max_q, ctx.max_k = state
+            core = (bqkv_e, o4, lse, seed, offset)
+        else:
+            core = (qkv,)
+        ctx.save_for_backward(x, ln_w, ln_b, wqkv_e, wp, wp_e, bp, c1, c2, scale, mean, rstd, perm, inv_perm, *core)
         ctx.eps, ctx.dtype, ctx.triton, ctx.attend, ctx.heads, ctx.width = eps, dtype, triton, attend, heads, width
-        ctx.shuffled = shuffle_in_kernels
+        ctx.shuffled, ctx.backend, ctx.groups, ctx.attn_scale = shuffle_in_kernels, backend, groups, attn_scale
         return out
 
     @staticmethod
     def backward(ctx, g):
-        x, ln_w, ln_b, wqkv_e, wp, wp_e, bp, c1, c2, scale, qkv, mean, rstd, perm, inv_perm = ctx.saved_tensors
-        dtype, triton, heads, width = ctx.dtype, ctx.triton, ctx.heads, ctx.width
+        x, ln_w, ln_b, wqkv_e, wp, wp_e, bp, c1, c2, scale, mean, rstd, perm, inv_perm, *core = ctx.saved_tensors
+        dtype, triton, heads, width, backend = ctx.dtype, ctx.triton, ctx.heads, ctx.width, ctx.backend
         B, N, C = x.shape
         g = g.contiguous()
         g_s = g if scale is None else g * scale.view(B, 1, 1)
-        shuffled = ctx.shuffled  # q/k/v saved in the shuffled token order: the whole branch stays in it
-        with torch.enable_grad():
-            qkv_in = qkv.detach().requires_grad_(True)
-            # (B, N, heads * D), recomputed; shuffled: already grouped in shuffled order, no gathers
-            o = ctx.attend(qkv_in, None, None) if shuffled else ctx.attend(qkv_in, perm, inv_perm)
-        o2 = o.detach().reshape(B * N, -1)
+        shuffled = ctx.shuffled  # q/k/v in the shuffled token order: the whole branch stays in it
         if shuffled:  # the branch's incoming gradient in the same order (cast first: half the bytes to gather)
             g_s = g_s.to(dtype).index_select(1, perm)
-        do, gwp = _projection_grads(g_s.view(B * N, C), o2, wp_e, c2, dtype)
-        (dqkv,) = torch.autograd.grad(o, qkv_in, do.view(B, N, -1))
+        xn = None
+        if backend is not None:  # the kept core: q/k/v recomputed (one GEMM), the fused kernel's own backward
+            bqkv_e, o4, lse, seed, offset = core
+            xn = _recompute_ln(x, ln_w, ln_b, ctx.eps, dtype, triton, perm if shuffled else None)
+            qkv = torch.addmm(bqkv_e.to(dtype), xn[:, :C], wqkv_e.to(dtype).t()).view(B, N, -1)
+            q, k, v = split_qkv(qkv, ctx.groups, heads)  # (B*G, heads, n, D) views
+            do, gwp = _projection_grads(g_s.view(B * N, C), _merge_heads(o4, B).reshape(B * N, -1), wp_e, c2, dtype)
+            BG, H, n, D = o4.shape
+            do4 = do.view(B, BG // B, n, H, D).permute(0, 1, 3, 2, 4).reshape(BG, H, n, D)  # a view, like o4
+            grads = _attention_backward(do4, q, k, v, o4, (lse, seed, offset, ctx.max_q, ctx.max_k), ctx.attn_scale,
+                                        backend)
+            dqkv = torch.stack([_merge_heads(d, B) for d in grads], dim=2)  # (B, N, 3, heads * D): qkv's layout
+        else:  # the core re-run under autograd from the saved q/k/v
+            (qkv,) = core
+            with torch.enable_grad():
+                qkv_in = qkv.detach().requires_grad_(True)
+                # (B, N, heads * D), recomputed; shuffled: already grouped in shuffled order, no gathers
+                o = ctx.attend(qkv_in, None, None) if shuffled else ctx.attend(qkv_in, perm, inv_perm)
+            do, gwp = _projection_grads(g_s.view(B * N, C), o.detach().reshape(B * N, -1), wp_e, c2, dtype)
+            (dqkv,) = torch.autograd.grad(o, qkv_in, do.view(B, N, -1))
         dx, dlw, dlb, dwqkv, dbqkv, dc1, gbp = _ln_linear_backward(
             dqkv.reshape(B * N, -1), x, ln_w, ln_b, wqkv_e, mean, rstd, g, c1, scale, ctx.eps, dtype, triton,
-            perm if shuffled else None, inv_perm if shuffled else None)
+            perm if shuffled else None, inv_perm if shuffled else None, xn=xn)
         if width:  # back to the parameters' shapes: drop the padding rows / columns
             dwqkv = _unpad_heads(dwqkv, heads, width, C // heads)
             dbqkv = _unpad_heads(dbqkv, heads, width, C // heads)
             gwp = _unpad_heads(gwp.t(), heads, width, C // heads).t()
         dwp, dbp, dc2 = _finish_projection(gwp, gbp, wp, bp, c2)
-        return (dx, dlw, dlb, dwqkv, dbqkv, dwp, dbp, dc1, dc2, None, None, None, None, None, None, None, None, None)
+        return (dx, dlw, dlb, dwqkv, dbqkv, dwp, dbp, dc1, dc2) + (None,) * 12
 
 
 # ------------------------------------------------------------------------------------------------ entry points
@@ -352,4 +458,5 @@ def attn_residual(x: torch.Tensor, norm, attn, groups: int, perm: Optional[torch
     return _AttnResidual.apply(x.contiguous(), norm.weight, norm.bias, attn.qkv.weight, attn.qkv.bias,
                                attn.proj.weight, attn.proj.bias, a, b, scale, norm.eps, compute_dtype(x), attend,
                                perm, inv_perm, attn.num_heads, width,
-                               _builds_graph(x, attn.qkv.weight, attn.proj.weight, norm.weight))
+                               _builds_graph(x, attn.qkv.weight, attn.proj.weight, norm.weight), groups, attn.scale,
+                               attn.attn_impl == "sdpa")
