@@ -432,12 +432,25 @@ def _builds_graph(x: torch.Tensor, *params: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
 
 
+class _NoGraph:
+    """Stands in for the autograd context when no graph is built: ``Function.apply`` and its bookkeeping are host
+    time that inference need not pay (eager inference is bound by the host, docs/perf_notes.md, change 29)."""
+
+    def save_for_backward(self, *tensors) -> None:
+        pass
+
+
+def _call(fn: type[torch.autograd.Function], graph: bool, *args):
+    """``fn.apply(*args)``, or its forward alone when no graph is built (``graph`` False)."""
+    return fn.apply(*args) if graph else fn.forward(_NoGraph(), *args)
+
+
 def mlp_residual(x: torch.Tensor, norm, mlp, c1, c2, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Fused ``c1 * x + c2 * s * mlp(norm(x))`` for a ``TokenLayerNorm`` and a timm ``Mlp`` (GELU, no norm)."""
     a, b = _coefs(c1, c2)
-    return _MlpResidual.apply(x.contiguous(), norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight,
-                              mlp.fc2.bias, a, b, scale, norm.eps, compute_dtype(x),
-                              _builds_graph(x, mlp.fc1.weight, mlp.fc2.weight, norm.weight))
+    graph = _builds_graph(x, mlp.fc1.weight, mlp.fc2.weight, norm.weight)
+    return _call(_MlpResidual, graph, x.contiguous(), norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias,
+                 mlp.fc2.weight, mlp.fc2.bias, a, b, scale, norm.eps, compute_dtype(x), graph)
 
 
 def attn_residual(x: torch.Tensor, norm, attn, groups: int, perm: Optional[torch.Tensor],
@@ -455,8 +468,7 @@ def attn_residual(x: torch.Tensor, norm, attn, groups: int, perm: Optional[torch
     # kernels (see _AttnResidual); on an H100 the pad/unpad copies flash attention makes otherwise took ~15 % of
     # SReT-S's training step (docs/perf_notes.md).
     width = -(-attn.head_dim // 8) * 8 if attn.attn_impl == "sdpa" and attn.head_dim % 8 else 0
-    return _AttnResidual.apply(x.contiguous(), norm.weight, norm.bias, attn.qkv.weight, attn.qkv.bias,
-                               attn.proj.weight, attn.proj.bias, a, b, scale, norm.eps, compute_dtype(x), attend,
-                               perm, inv_perm, attn.num_heads, width,
-                               _builds_graph(x, attn.qkv.weight, attn.proj.weight, norm.weight), groups, attn.scale,
-                               attn.attn_impl == "sdpa")
+    graph = _builds_graph(x, attn.qkv.weight, attn.proj.weight, norm.weight)
+    return _call(_AttnResidual, graph, x.contiguous(), norm.weight, norm.bias, attn.qkv.weight, attn.qkv.bias,
+                 attn.proj.weight, attn.proj.bias, a, b, scale, norm.eps, compute_dtype(x), attend, perm, inv_perm,
+                 attn.num_heads, width, graph, groups, attn.scale, attn.attn_impl == "sdpa")

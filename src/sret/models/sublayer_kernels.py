@@ -266,9 +266,12 @@ def mlp_residual_prepared(x, ln_w, ln_b, w1p, b1, w2p, b2, c1, k, per_sample, ep
     block_m, block_h, warps, stages = config
     dtype = w1p.dtype
     out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
-    h = torch.empty((M, hp) if save else (1, 1), device=x.device, dtype=dtype)
-    mean = torch.empty(M if save else 1, device=x.device, dtype=torch.float32)
-    rstd = torch.empty_like(mean)
+    if save:
+        h = torch.empty((M, hp), device=x.device, dtype=dtype)
+        mean = torch.empty(M, device=x.device, dtype=torch.float32)
+        rstd = torch.empty_like(mean)
+    else:  # never written without SAVE: no allocations (each is host time in eager inference)
+        h = mean = rstd = out
     _mlp_residual_fwd_pw[(triton.cdiv(M, block_m),)](
         x, ln_w, ln_b, w1p, b1, w2p, b2, c1 if c1 is not None else k, k, out, h, mean, rstd, M, C, H, hp, N, eps,
         HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, SAVE=save, BLOCK_M=block_m, BLOCK_C=w1p.shape[1],
