@@ -110,7 +110,7 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
                         mean: torch.Tensor, rstd: torch.Tensor, g: torch.Tensor, c1: Optional[torch.Tensor],
                         scale: Optional[torch.Tensor], eps: float, dtype: torch.dtype, triton: bool,
                         perm: Optional[torch.Tensor] = None, inv_perm: Optional[torch.Tensor] = None,
-                        xn: Optional[torch.Tensor] = None):
+                        xn: Optional[torch.Tensor] = None, w16: Optional[torch.Tensor] = None):
     """Backward of ``c1 * x + ... z`` with ``z = LN(x) @ w.T + b``, given ``dz`` (M, out) and ``g = d out`` (B, N, C).
 
     The LN output is recomputed from the saved statistics. Returns ``(dx, dln_w, dln_b, dw, db, dc1, gsum)``, with
@@ -123,7 +123,8 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
     ``perm`` (Triton path only): the rows of ``dz`` hold each sample's tokens in the order ``perm`` (the sliced
     attention's shuffle). The LN output is recomputed in that order (the weight gradients are sums over rows, so any
     common order gives them), and only ``dz @ w``, (M, C), is gathered back to grid order by ``inv_perm``.
-    ``xn``: the LayerNorm output from :func:`_recompute_ln` where the caller already has it.
+    ``xn``: the LayerNorm output from :func:`_recompute_ln` where the caller already has it; ``w16``: ``w`` in the
+    compute dtype where the forward kept it (its first ``w``-width columns are used, so it may be zero-padded).
     """
     B, N, C = x.shape
     x2 = x.view(B * N, C)
@@ -132,7 +133,7 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
     dwb = torch.mm(dz.t(), xn)  # (out, C) or, with the ones column, (out, C + pad)
     dw = dwb[:, :C].to(w.dtype)
     db = dwb[:, C].to(w.dtype) if triton else dz.sum(0, dtype=w.dtype)
-    dxn = torch.mm(dz, w.to(dtype))
+    dxn = torch.mm(dz, w.to(dtype) if w16 is None else w16[:, :C])
     if perm is not None:
         dxn = dxn.view(B, N, C).index_select(1, inv_perm).view(B * N, C)  # back to grid order
     dx, dlw, dlb, dc1, gsum = _layer_norm_backward(dxn, x2, ln_w, ln_b, mean, rstd, g.view(B * N, C), c1, scale, N,
@@ -180,7 +181,8 @@ def _finish_projection(gw: torch.Tensor, gb: torch.Tensor, w: torch.Tensor, b: t
     if c2 is None:
         return gw, gb, None
     dc2 = (torch.dot(w.reshape(-1), gw.reshape(-1)) + torch.dot(b, gb)).reshape(1)
-    return gw * c2, gb * c2, dc2
+    dw, db = torch._foreach_mul([gw, gb], c2.view(()))  # one launch for both
+    return dw, db, dc2
 
 
 # ---------------------------------------------------------------------------------------------- the MLP sublayer
@@ -192,9 +194,10 @@ class _MlpResidual(torch.autograd.Function):
         B, N, C = x.shape
         triton = _use_triton(x)
         fused = _kernels.mlp_residual_forward(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype,
-                                              save=training)
+                                              save=training, return_w1=True)
+        w1_16 = None
         if fused is not None:  # one Triton launch (CUDA, bf16/fp16)
-            out, h, mean, rstd = fused
+            out, h, mean, rstd, w1_16 = fused  # w1_16: fc1's weight as the kernel read it, kept for backward
             triton = True
         else:
             x2 = x.reshape(B * N, C)
@@ -203,25 +206,27 @@ class _MlpResidual(torch.autograd.Function):
                 h = torch.addmm(b1.to(dtype), xn, w1.to(dtype).t())  # (B*N, hidden)
                 y = torch.addmm(b2.to(dtype), F.gelu(h), w2.to(dtype).t())  # (B*N, C)
                 out = _residual(x, y.view(B, N, C), c1, _branch_scale(c2, scale, B))
-        ctx.save_for_backward(x, ln_w, ln_b, w1, w2, b2, c1, c2, scale, h, mean, rstd)
+        ctx.save_for_backward(x, ln_w, ln_b, w1, w2, b2, c1, c2, scale, h, mean, rstd, w1_16)
         ctx.eps, ctx.dtype, ctx.triton = eps, dtype, triton
         return out
 
     @staticmethod
     def backward(ctx, g):
-        x, ln_w, ln_b, w1, w2, b2, c1, c2, scale, h, mean, rstd = ctx.saved_tensors
+        x, ln_w, ln_b, w1, w2, b2, c1, c2, scale, h, mean, rstd, w1_16 = ctx.saved_tensors
         dtype, triton = ctx.dtype, ctx.triton
         B, N, C = x.shape
         g = g.contiguous()
         g_s = g if scale is None else g * scale.view(B, 1, 1)  # d out / d (c2 * branch)
         hidden, width = w1.shape[0], h.shape[1]
         if width > hidden:  # the kernels saved h at an aligned width (zero columns): weights padded to match
-            w1, w2 = F.pad(w1, (0, 0, 0, width - hidden)), F.pad(w2, (0, width - hidden))
+            w2 = F.pad(w2, (0, width - hidden))
+            if w1_16 is None:  # else the kernels' padded copy of W1 serves (see _ln_linear_backward's w16)
+                w1 = F.pad(w1, (0, 0, 0, width - hidden))
         a = F.gelu(h)  # recomputed: saving it would double the MLP's saved bytes
         da, gw2 = _projection_grads(g_s.view(B * N, C), a, w2, c2, dtype)
         dh = torch.ops.aten.gelu_backward(da, h)  # (B*N, width), zeros in the padding columns
         dx, dlw, dlb, dw1, db1, dc1, gb2 = _ln_linear_backward(dh, x, ln_w, ln_b, w1, mean, rstd, g, c1, scale,
-                                                               ctx.eps, dtype, triton)
+                                                               ctx.eps, dtype, triton, w16=w1_16)
         dw2, db2, dc2 = _finish_projection(gw2, gb2, w2, b2, c2)  # dc2 unchanged: w2's padding is zero
         if width > hidden:  # back to the parameters' shapes
             dw1, db1, dw2 = dw1[:hidden].contiguous(), db1[:hidden].contiguous(), dw2[:, :hidden].contiguous()
@@ -342,7 +347,8 @@ class _AttnResidual(torch.autograd.Function):
                 xn, mean, rstd = _ln.ln_forward(x2, ln_w, ln_b, eps, dtype, rows=perm)  # (B*N, C), shuffled order
             else:
                 xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)
-            qkv = torch.addmm(bqkv_e.to(dtype), xn, wqkv_e.to(dtype).t()).view(B, N, -1)  # (B, N, 3 * heads * D)
+            wqkv16, bqkv16 = wqkv_e.to(dtype), bqkv_e.to(dtype)  # kept for backward: no second cast there
+            qkv = torch.addmm(bqkv16, xn, wqkv16.t()).view(B, N, -1)  # (B, N, 3 * heads * D)
             backend = None
             if training and sdpa and (perm is None or shuffle_in_kernels):
                 q, k, v = split_qkv(qkv, groups, heads)  # each (B*G, heads, n, D), views of qkv
@@ -368,17 +374,19 @@ class _AttnResidual(torch.autograd.Function):
             rstd = rstd.view(B, N).index_select(1, inv_perm).view(-1)
         if backend is not None:  # q/k/v are recomputed in backward from the LayerNorm output it recomputes anyway
             lse, seed, offset, ctx.max_q, ctx.max_k = state
-            core = (bqkv_e, o4, lse, seed, offset)
+            core = (bqkv16, o4, lse, seed, offset)
         else:
             core = (qkv,)
-        ctx.save_for_backward(x, ln_w, ln_b, wqkv_e, wp, wp_e, bp, c1, c2, scale, mean, rstd, perm, inv_perm, *core)
+        ctx.save_for_backward(x, ln_w, ln_b, wqkv_e, wqkv16, wp, wp_e, bp, c1, c2, scale, mean, rstd, perm, inv_perm,
+                              *core)
         ctx.eps, ctx.dtype, ctx.triton, ctx.attend, ctx.heads, ctx.width = eps, dtype, triton, attend, heads, width
         ctx.shuffled, ctx.backend, ctx.groups, ctx.attn_scale = shuffle_in_kernels, backend, groups, attn_scale
         return out
 
     @staticmethod
     def backward(ctx, g):
-        x, ln_w, ln_b, wqkv_e, wp, wp_e, bp, c1, c2, scale, mean, rstd, perm, inv_perm, *core = ctx.saved_tensors
+        x, ln_w, ln_b, wqkv_e, wqkv16, wp, wp_e, bp, c1, c2, scale, mean, rstd, perm, inv_perm, *core = \
+            ctx.saved_tensors
         dtype, triton, heads, width, backend = ctx.dtype, ctx.triton, ctx.heads, ctx.width, ctx.backend
         B, N, C = x.shape
         g = g.contiguous()
@@ -388,9 +396,9 @@ class _AttnResidual(torch.autograd.Function):
             g_s = g_s.to(dtype).index_select(1, perm)
         xn = None
         if backend is not None:  # the kept core: q/k/v recomputed (one GEMM), the fused kernel's own backward
-            bqkv_e, o4, lse, seed, offset = core
+            bqkv16, o4, lse, seed, offset = core
             xn = _recompute_ln(x, ln_w, ln_b, ctx.eps, dtype, triton, perm if shuffled else None)
-            qkv = torch.addmm(bqkv_e.to(dtype), xn[:, :C], wqkv_e.to(dtype).t()).view(B, N, -1)
+            qkv = torch.addmm(bqkv16, xn[:, :C], wqkv16.t()).view(B, N, -1)
             q, k, v = split_qkv(qkv, ctx.groups, heads)  # (B*G, heads, n, D) views
             do, gwp = _projection_grads(g_s.view(B * N, C), _merge_heads(o4, B).reshape(B * N, -1), wp_e, c2, dtype)
             BG, H, n, D = o4.shape
@@ -408,7 +416,7 @@ class _AttnResidual(torch.autograd.Function):
             (dqkv,) = torch.autograd.grad(o, qkv_in, do.view(B, N, -1))
         dx, dlw, dlb, dwqkv, dbqkv, dc1, gbp = _ln_linear_backward(
             dqkv.reshape(B * N, -1), x, ln_w, ln_b, wqkv_e, mean, rstd, g, c1, scale, ctx.eps, dtype, triton,
-            perm if shuffled else None, inv_perm if shuffled else None, xn=xn)
+            perm if shuffled else None, inv_perm if shuffled else None, xn=xn, w16=wqkv16)
         if width:  # back to the parameters' shapes: drop the padding rows / columns
             dwqkv = _unpad_heads(dwqkv, heads, width, C // heads)
             dbqkv = _unpad_heads(dbqkv, heads, width, C // heads)

@@ -231,15 +231,16 @@ def _mlp_two_launches(x, ln_w, ln_b, w1, b1, w2, b2, c1, k, per_sample, eps, dty
     xn, mean, rstd = _ln.ln_forward(x.view(M, C), ln_w, ln_b, eps, dtype, width=cp)  # (M, cp)
     a = torch.empty((M, hp), device=x.device, dtype=dtype)
     h = torch.empty((M, hp) if save else (1, 1), device=x.device, dtype=dtype)
+    w1p = _padded(w1, hp, cp, dtype)
     _fc1_gelu_fwd[(triton.cdiv(M, bm1), triton.cdiv(hp, bn1))](
-        xn, _padded(w1, hp, cp, dtype), b1, a, h, M, H, cp, hp, SAVE=save, BLOCK_M=bm1, BLOCK_N=bn1, BLOCK_K=bk1,
+        xn, w1p, b1, a, h, M, H, cp, hp, SAVE=save, BLOCK_M=bm1, BLOCK_N=bn1, BLOCK_K=bk1,
         num_warps=warps1, num_stages=stages1)
     out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
     _fc2_residual_fwd[(triton.cdiv(M, bm2), triton.cdiv(C, bn2))](
         a, _padded(w2, C, hp, dtype), b2, x, c1 if c1 is not None else k, k, out, M, C, hp, N,
         HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, BLOCK_M=bm2, BLOCK_N=bn2, BLOCK_K=bk2, num_warps=warps2,
         num_stages=stages2)
-    return out, (h if save else None), mean, rstd
+    return out, (h if save else None), mean, rstd, w1p
 
 
 def prepared_weights(w1: torch.Tensor, w2: torch.Tensor, block_c: int, block_h: int, dtype: torch.dtype):
@@ -289,7 +290,7 @@ def _branch_factor(x: torch.Tensor, c2: Optional[torch.Tensor], scale: Optional[
 def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps: float,
                          dtype: torch.dtype, save: bool,
                          gemm_tile: Optional[tuple[tuple[int, ...], tuple[int, ...]]] = None,
-                         pw_tile: Optional[tuple[int, int, int, int]] = None):
+                         pw_tile: Optional[tuple[int, int, int, int]] = None, return_w1: bool = False):
     """``c1 * x + c2 * s * fc2(gelu(fc1(LN(x))))`` for contiguous x (B, N, C): one launch over prepared weights for
     the shapes in :data:`PW_TILES`, LayerNorm + two GEMM launches for those in :data:`GEMM_TILES`.
 
@@ -298,6 +299,9 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
     past H are zeros (the hidden layer carried to an aligned width, see :func:`prepared_weights`). ``pw_tile`` =
     (BLOCK_M, BLOCK_H, num_warps, num_stages) overrides :data:`PW_TILES`, ``gemm_tile`` = two (BLOCK_M, BLOCK_N,
     BLOCK_K, num_warps, num_stages) overrides :data:`GEMM_TILES` and selects that path (tests, tuning).
+
+    ``return_w1``: also return, fifth, fc1's weight as the kernels used it (compute dtype, zero-padded to (H', C')
+    with C' >= C): the backward's ``dh @ W1`` reads its first C columns instead of casting and padding W1 again.
     """
     if not kernels_available(x, dtype):
         return None
@@ -309,11 +313,15 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
     k, per_sample = _branch_factor(x, c2, scale)
     try:
         if gemm_config is not None:
-            return _mlp_two_launches(x, ln_w, ln_b, w1, b1, w2, b2, c1, k, per_sample, eps, dtype, save, gemm_config)
-        w1p, w2p, hp = prepared_weights(w1, w2, max(16, triton.next_power_of_2(C)), pw_config[1], dtype)
-        return mlp_residual_prepared(x, ln_w, ln_b, w1p, b1, w2p, b2, c1, k, per_sample, eps, H, hp, save, pw_config)
+            *result, w1p = _mlp_two_launches(x, ln_w, ln_b, w1, b1, w2, b2, c1, k, per_sample, eps, dtype, save,
+                                             gemm_config)
+        else:
+            w1p, w2p, hp = prepared_weights(w1, w2, max(16, triton.next_power_of_2(C)), pw_config[1], dtype)
+            result = mlp_residual_prepared(x, ln_w, ln_b, w1p, b1, w2p, b2, c1, k, per_sample, eps, H, hp, save,
+                                           pw_config)
     except triton.runtime.errors.OutOfResources:  # tiles too large for this GPU: the PyTorch ops do it
         return None
+    return (*result, w1p) if return_w1 else tuple(result)
 
 
 # (C, H, save) -> (BLOCK_M, BLOCK_H, num_warps, num_stages) of the one-launch kernel over prepared weights
