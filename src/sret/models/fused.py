@@ -222,9 +222,16 @@ class _MlpResidual(torch.autograd.Function):
             w2 = F.pad(w2, (0, width - hidden))
             if w1_16 is None:  # else the kernels' padded copy of W1 serves (see _ln_linear_backward's w16)
                 w1 = F.pad(w1, (0, 0, 0, width - hidden))
-        a = F.gelu(h)  # recomputed: saving it would double the MLP's saved bytes
-        da, gw2 = _projection_grads(g_s.view(B * N, C), a, w2, c2, dtype)
-        dh = torch.ops.aten.gelu_backward(da, h)  # (B*N, width), zeros in the padding columns
+        # gelu(h) is recomputed (saving it would double the MLP's saved bytes); d fc2-input first, then the
+        # activation and its gradient in one pass over h where the kernels run
+        g16 = g_s.view(B * N, C).to(dtype)
+        da = torch.mm(g16, (w2 * c2 if c2 is not None else w2).to(dtype))
+        fused = _kernels.gelu_and_grad(h, da)
+        if fused is not None:
+            a, dh = fused
+        else:
+            a, dh = F.gelu(h), torch.ops.aten.gelu_backward(da, h)  # (B*N, width), zeros in the padding columns
+        gw2 = torch.mm(g16.t(), a).to(w2.dtype)  # as _projection_grads computes it
         dx, dlw, dlb, dw1, db1, dc1, gb2 = _ln_linear_backward(dh, x, ln_w, ln_b, w1, mean, rstd, g, c1, scale,
                                                                ctx.eps, dtype, triton, w16=w1_16)
         dw2, db2, dc2 = _finish_projection(gw2, gb2, w2, b2, c2)  # dc2 unchanged: w2's padding is zero

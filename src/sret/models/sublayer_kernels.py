@@ -49,6 +49,18 @@ if triton is not None:
         return 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
 
     @triton.jit
+    def _gelu_and_grad(H, DA, A, DH, n, BLOCK: tl.constexpr):
+        """``a = gelu(h)`` and ``dh = gelu'(h) * da`` in one pass (the MLP backward needs both, from the same h)."""
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < n
+        h = tl.load(H + offs, mask=m, other=0.0).to(tl.float32)
+        da = tl.load(DA + offs, mask=m, other=0.0).to(tl.float32)
+        cdf = 0.5 * (1.0 + tl.erf(h * 0.7071067811865476))
+        pdf = tl.exp(-0.5 * h * h) * 0.3989422804014327  # the standard normal density
+        tl.store(A + offs, (h * cdf).to(A.dtype.element_ty), mask=m)
+        tl.store(DH + offs, (da * (cdf + h * pdf)).to(DH.dtype.element_ty), mask=m)
+
+    @triton.jit
     def _residual_tile(x, y, C1, K, rows, rmask, N_TOK, HAS_C1: tl.constexpr, K_PER_SAMPLE: tl.constexpr):
         """``c1 * x + k * y`` on a float32 tile; k is one scalar or one per sample (row // tokens per sample)."""
         if HAS_C1:
@@ -371,6 +383,18 @@ GEMM_TILES: dict[tuple[int, int, bool], tuple[tuple[int, int, int, int, int], tu
     (504, 1008, False): ((128, 256, 64, 8, 3), (128, 64, 64, 4, 3)),  # S stage 2 NLL: 0.306 vs 0.479
     (504, 1008, True): ((128, 256, 64, 8, 3), (128, 64, 64, 4, 3)),   # 0.263 vs 0.454
 }
+
+
+def gelu_and_grad(h: torch.Tensor, da: torch.Tensor) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """``(gelu(h), gelu'(h) * da)`` in one pass over contiguous ``h`` and ``da`` of one shape: the MLP backward's
+    recomputed activation and its gradient read h once instead of twice (``F.gelu`` then ``gelu_backward``). None
+    where the kernels do not apply (the caller runs the PyTorch ops)."""
+    if not _ln.fused_kernels_enabled(h) or h.shape != da.shape or not (h.is_contiguous() and da.is_contiguous()):
+        return None
+    a, dh = torch.empty_like(h), torch.empty_like(da)
+    n, block = h.numel(), 4096
+    _gelu_and_grad[(triton.cdiv(n, block),)](h, da, a, dh, n, BLOCK=block, num_warps=8)
+    return a, dh
 
 
 def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale,
