@@ -89,7 +89,7 @@ if triton is not None:
         tl.store(Rstd + rows, rstd, mask=rmask)
 
     @triton.jit
-    def _ln_bwd(X, DY, DX, W, Mean, Rstd, DW, DB, G, C1, GX, GS, S, M, C, N_TOK, num_tiles, P_STRIDE,
+    def _ln_bwd(X, DY, DX, W, Mean, Rstd, DW, DB, G, C1, GX, GS, S, M, C, N_TOK, num_tiles,
                 HAS_RES: tl.constexpr, HAS_GSUM: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_C: tl.constexpr):
         # Each program walks tiles pid, pid + P, ... and keeps its own dW/dB partial sums (reduced by the caller),
@@ -134,12 +134,12 @@ if triton is not None:
             tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
             dw_acc += tl.sum(dy * xhat, axis=0)
             db_acc += tl.sum(dy, axis=0)
-        tl.store(DW + pid * P_STRIDE + cols, dw_acc, mask=cmask)
-        tl.store(DB + pid * P_STRIDE + cols, db_acc, mask=cmask)
+        tl.store(DW + cols * nprog + pid, dw_acc, mask=cmask)
+        tl.store(DB + cols * nprog + pid, db_acc, mask=cmask)
         if HAS_RES:
-            tl.store(GX + pid * P_STRIDE + cols, gx_acc, mask=cmask)
+            tl.store(GX + cols * nprog + pid, gx_acc, mask=cmask)
             if HAS_GSUM:
-                tl.store(GS + pid * P_STRIDE + cols, gs_acc, mask=cmask)
+                tl.store(GS + cols * nprog + pid, gs_acc, mask=cmask)
 
 
 def _tiling(C: int) -> tuple[int, int]:
@@ -207,16 +207,19 @@ def ln_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean:
     if grad_sum and not has_res:
         raise ValueError("ln_backward: grad_sum needs residual_grad")
     # One buffer for the per-program partial sums of dW, dB (and sum(g * x), sum(g)): one reduction launch for all.
+    # Programs run along the last, contiguous dim, so that reduction runs over contiguous memory: reduced over a
+    # leading dim instead, PyTorch gave each of the n * C outputs one thread walking all programs (~15 us a call on
+    # an H100, docs/perf_notes.md, change 32).
     n = 2 + has_res + grad_sum
-    partial = torch.empty((programs, n, C), device=x2.device, dtype=torch.float32)
-    dw, db = partial[:, 0], partial[:, 1]
-    gx = partial[:, 2] if has_res else dw
-    gs = partial[:, 3] if grad_sum else dw
+    partial = torch.empty((n, C, programs), device=x2.device, dtype=torch.float32)
+    dw, db = partial[0], partial[1]
+    gx = partial[2] if has_res else dw
+    gs = partial[3] if grad_sum else dw
     _ln_bwd[(programs,)](x2, dy2, dx, weight, mean, rstd, dw, db, residual_grad if has_res else dx,
                          c1 if has_res else weight, gx, gs, scale if scale is not None else weight, M, C, tokens,
-                         num_tiles, n * C, HAS_RES=has_res, HAS_GSUM=grad_sum, HAS_SCALE=scale is not None,
+                         num_tiles, HAS_RES=has_res, HAS_GSUM=grad_sum, HAS_SCALE=scale is not None,
                          BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
-    sums = partial.sum(0)  # (n, C)
+    sums = partial.sum(-1)  # (n, C)
     dc1 = sums[2].sum().reshape(1) if has_res else None
     gsum = sums[3] if grad_sum else None
     return dx, sums[0].to(weight.dtype), sums[1].to(weight.dtype), dc1, gsum
