@@ -21,25 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import sret
-
-
-def _step_fn(model: torch.nn.Module, bench: str, batch: int):
-    x = torch.randn(batch, 3, 224, 224, device="cuda")
-    y = torch.randint(0, 1000, (batch,), device="cuda")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-
-    def step() -> None:
-        if bench == "infer":
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-                model(x)
-            return
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
+from profile_step import make_step  # this script's folder is on sys.path when run as a file
 
 
 def _wall_ms(step, steps: int) -> float:
@@ -53,7 +35,7 @@ def _wall_ms(step, steps: int) -> float:
 
 def profile_model(name: str, bench: str, batch: int, steps: int, out: Path, rows: int) -> None:
     model = sret.create_model(name).cuda().train(bench == "train")
-    step = _step_fn(model, bench, batch)
+    step = make_step(model, bench, batch)
     for _ in range(5):
         step()
     plain = _wall_ms(step, steps)

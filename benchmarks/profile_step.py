@@ -31,8 +31,9 @@ def _env(variant: str) -> dict[str, str]:
     return dict(kv.split("=", 1) for kv in variant.split(","))
 
 
-def profile_model(name: str, bench: str, batch: int, out: Path, tag: str, steps: int = 3, rows: int = 25) -> None:
-    model = sret.create_model(name).cuda().train(bench == "train")
+def make_step(model: torch.nn.Module, bench: str, batch: int):
+    """One eager bf16 step of ``model`` on random 224 px inputs: inference (no grad) or a training step (cross-entropy,
+    backward, fused AdamW). Shared with ``host_overhead.py``."""
     x = torch.randn(batch, 3, 224, 224, device="cuda")
     y = torch.randint(0, 1000, (batch,), device="cuda")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
@@ -48,6 +49,12 @@ def profile_model(name: str, bench: str, batch: int, out: Path, tag: str, steps:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step
+
+
+def profile_model(name: str, bench: str, batch: int, out: Path, tag: str, steps: int = 3, rows: int = 25) -> None:
+    model = sret.create_model(name).cuda().train(bench == "train")
+    step = make_step(model, bench, batch)
     for _ in range(3):
         step()
     torch.cuda.synchronize()
