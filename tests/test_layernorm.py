@@ -210,6 +210,27 @@ SCRIPT = textwrap.dedent(
         plain_eval = model(x)
     assert any(seen), "the shuffled LayerNorm path did not run"
     torch.testing.assert_close(fused_eval, plain_eval, rtol=1e-4, atol=1e-5)
+    # Short groups (<= 128 tokens) attend in one Triton launch in inference: the kernel against sdpa, then the whole
+    # eval model under float16 autocast against the plain modules
+    from sret.models import short_attention as SA
+    gen = torch.Generator().manual_seed(11)  # own generator: later checks depend on the global RNG's state
+    for B_, N_, G_, H_, D_ in ((2, 196, 4, 4, 32), (2, 784, 8, 2, 32), (1, 49, 1, 8, 32), (2, 60, 1, 2, 16)):
+        qkv = torch.randn(B_, N_, 3 * H_ * D_, generator=gen).half()
+        n_ = N_ // G_
+        q_, k_, v_ = qkv.float().view(B_, G_, n_, 3, H_, D_).permute(3, 0, 1, 4, 2, 5).reshape(3, B_ * G_, H_, n_, D_)
+        ref = F.scaled_dot_product_attention(q_, k_, v_, scale=D_**-0.5)
+        ref = ref.reshape(B_, G_, H_, n_, D_).permute(0, 1, 3, 2, 4).reshape(B_, N_, H_ * D_)
+        assert rel(SA.short_group_attention(qkv, G_, H_, D_**-0.5), ref) < 2e-3, (N_, G_)
+    assert SA.short_group_attention(torch.zeros(1, 392, 192).half(), 1, 2, 0.1) is None  # 392 tokens: sdpa's
+    short_calls, plain_short = [], SA.short_group_attention
+    FU.short_group_attention = lambda *a: short_calls.append(1) or plain_short(*a)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        os.environ["SRET_FAST_LN"], os.environ["SRET_FUSED"] = "1", "1"
+        short_eval = model(x)
+        os.environ["SRET_FAST_LN"], os.environ["SRET_FUSED"] = "0", "0"
+        plain16_eval = model(x)
+    FU.short_group_attention = plain_short
+    assert short_calls and rel(short_eval, plain16_eval) < 1e-2, (len(short_calls), rel(short_eval, plain16_eval))
     # ... and with the residual kernel switched off, the branch is put back in grid order by the PyTorch fallback
     with torch.no_grad():
         os.environ["SRET_FAST_LN"], os.environ["SRET_FUSED"], os.environ["SRET_FUSED_KERNELS"] = "1", "1", "0"

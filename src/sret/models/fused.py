@@ -37,6 +37,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from sret.models import layernorm as _ln
 from sret.models.attention import invert_permutation, split_qkv
+from sret.models.short_attention import short_group_attention
 from sret.models import sublayer_kernels as _kernels
 
 
@@ -360,9 +361,14 @@ class _AttnResidual(torch.autograd.Function):
             if training and sdpa and (perm is None or shuffle_in_kernels):
                 q, k, v = split_qkv(qkv, groups, heads)  # each (B*G, heads, n, D), views of qkv
                 backend = _attention_backend(q, k, v, attn_scale)
+            short = None
+            if not training and sdpa and (perm is None or shuffle_in_kernels):  # groups of <= 128 tokens: one launch
+                short = short_group_attention(qkv, groups, heads, attn_scale)
             if backend is not None:  # the core's output and log-sum-exp are kept: no re-run in backward
                 o4, state = _attention_forward(q, k, v, attn_scale, backend)
                 o = _merge_heads(o4, B).reshape(B * N, -1)  # (B*N, heads * D), shuffled if the LayerNorm shuffled
+            elif short is not None:
+                o = short.view(B * N, -1)  # (B*N, heads * D), in qkv's token order
             elif shuffle_in_kernels:
                 o = attend(qkv, None, None).reshape(B * N, -1)  # (B*N, heads * D), still shuffled
             else:
