@@ -49,7 +49,7 @@ _MAX_GROUP = 128
 
 
 def short_group_attention(qkv: torch.Tensor, groups: int, heads: int, scale: float) -> Optional[torch.Tensor]:
-    """Attention within ``groups`` contiguous chunks of the tokens of ``qkv`` (B, N, 3 * heads * D) -> (B, N, heads * D).
+    """Attention within ``groups`` contiguous chunks of the tokens of ``qkv`` (B, N, 3 * heads * D): (B, N, heads * D).
 
     None where the kernel does not apply (the caller runs sdpa): kernels off or not on CUDA / the interpreter, groups
     longer than 128 tokens, head dims other than 16, 32 or 64, dtypes other than bf16 / fp16, non-contiguous input.
