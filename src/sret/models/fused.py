@@ -167,9 +167,17 @@ def _projection_grads(g_s: torch.Tensor, a: torch.Tensor, w: torch.Tensor, c2: O
     (which the LayerNorm backward computes in its pass) into the parameter gradients.
     """
     g16 = g_s.to(dtype)
-    gw = torch.mm(g16.t(), a).to(w.dtype)  # (C_out, C_in) = g_s^T a, in the parameter's dtype (as autograd accumulates)
-    da = torch.mm(g16, (w * c2 if c2 is not None else w).to(dtype))
-    return da, gw
+    return _projection_input_grad(g16, w, c2, dtype), _projection_weight_grad(g16, a, w)
+
+
+def _projection_input_grad(g16: torch.Tensor, w: torch.Tensor, c2: Optional[torch.Tensor], dtype: torch.dtype):
+    """``da = g_s @ (c2 * w)`` for ``g16``, d out in the compute dtype (the first half of :func:`_projection_grads`)."""
+    return torch.mm(g16, (w * c2 if c2 is not None else w).to(dtype))
+
+
+def _projection_weight_grad(g16: torch.Tensor, a: torch.Tensor, w: torch.Tensor):
+    """``gw = g_s^T a`` (C_out, C_in), in the parameter's dtype as autograd accumulates it (the second half)."""
+    return torch.mm(g16.t(), a).to(w.dtype)
 
 
 def _finish_projection(gw: torch.Tensor, gb: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
@@ -226,13 +234,13 @@ class _MlpResidual(torch.autograd.Function):
         # gelu(h) is recomputed (saving it would double the MLP's saved bytes); d fc2-input first, then the
         # activation and its gradient in one pass over h where the kernels run
         g16 = g_s.view(B * N, C).to(dtype)
-        da = torch.mm(g16, (w2 * c2 if c2 is not None else w2).to(dtype))
+        da = _projection_input_grad(g16, w2, c2, dtype)
         fused = _kernels.gelu_and_grad(h, da)
         if fused is not None:
             a, dh = fused
         else:
             a, dh = F.gelu(h), torch.ops.aten.gelu_backward(da, h)  # (B*N, width), zeros in the padding columns
-        gw2 = torch.mm(g16.t(), a).to(w2.dtype)  # as _projection_grads computes it
+        gw2 = _projection_weight_grad(g16, a, w2)
         dx, dlw, dlb, dw1, db1, dc1, gb2 = _ln_linear_backward(dh, x, ln_w, ln_b, w1, mean, rstd, g, c1, scale,
                                                                ctx.eps, dtype, triton, w16=w1_16)
         dw2, db2, dc2 = _finish_projection(gw2, gb2, w2, b2, c2)  # dc2 unchanged: w2's padding is zero
