@@ -7,9 +7,19 @@ each model's total per step (calls per step from the stage schedule). Target 3 o
 step to take <= 0.85 of the unsliced one's; this shows what the attention kernels themselves give.
 
     PYTHONPATH=src python3 benchmarks/attention_shapes.py
+
+``--sweep`` instead times the inference core as the fused model runs it, from the projected tokens (B, N, 3C) to the
+output tokens (B, N, C): sdpa with its layout views and the copy back to tokens, against the Triton kernel of
+``sret/models/group_attention.py`` in every tile config (each checked against sdpa's output), for the shapes of
+SReT-T and SReT-S (48-wide heads) sliced and unsliced; it prints the table entries that beat sdpa by >= 3 %.
+
+    PYTHONPATH=src python3 benchmarks/attention_shapes.py --sweep
 """
 
 from __future__ import annotations
+
+import argparse
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +51,70 @@ def time_shape(tokens: int, heads: int, groups: int) -> tuple[float, float, floa
     return f_ms * 1e3, fb_ms * 1e3, flops / (f_ms * 1e-3) / 1e12
 
 
+# (stage tokens, heads, groups, head width) of every distinct inference attention call: SReT-T (32 wide) and SReT-S
+# (42 carried 48 wide), sliced and unsliced
+SWEEP_SHAPES = [(784, 2, 8, 32), (784, 2, 2, 32), (784, 2, 1, 32), (196, 4, 4, 32), (196, 4, 1, 32), (49, 8, 1, 32),
+                (784, 3, 8, 48), (784, 3, 2, 48), (784, 3, 1, 48), (196, 6, 4, 48), (196, 6, 1, 48), (49, 12, 1, 48)]
+SWEEP_CONFIGS = [cfg for cfg in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3))
+                 if not (cfg[0] == 128 and cfg[1] == 128 and cfg[2] == 4)]
+
+
+def sweep() -> None:
+    from sret.models.attention import split_qkv
+    from sret.models.group_attention import _config, group_attention
+
+    print(torch.cuda.get_device_name(), torch.__version__)
+    print(f"{'tokens':>6} {'heads':>5} {'groups':>6} {'n':>4} {'width':>5} {'sdpa us':>8} {'table us':>9} "
+          f"{'best us':>8}  best (BLOCK_M, BLOCK_N, warps, stages)")
+    entries = []
+    for tokens, heads, groups, width in SWEEP_SHAPES:
+        n = tokens // groups
+        qkv = torch.randn(BATCH, tokens, 3 * heads * width, device="cuda", dtype=torch.bfloat16)
+        scale = width**-0.5
+
+        def sdpa():
+            q, k, v = split_qkv(qkv, groups, heads)
+            o = F.scaled_dot_product_attention(q, k, v, scale=scale)
+            return o.reshape(BATCH, groups, heads, n, width).permute(0, 1, 3, 2, 4).reshape(BATCH, tokens, -1)
+
+        with torch.no_grad():
+            ref = sdpa().float()
+            sdpa_us = do_bench_cudagraph(sdpa) * 1e3
+            table = _config(n, width)
+            table_us = do_bench_cudagraph(lambda: group_attention(qkv, groups, heads, scale)) * 1e3 if table else None
+            best = (float("inf"), None)
+            for cfg in SWEEP_CONFIGS:
+                if n <= 128 and cfg[0] + cfg[1] > 2 * max(32, triton_next_pow2(n)):
+                    continue  # blocks past a one-tile group only add padding
+                try:
+                    out = group_attention(qkv, groups, heads, scale, config=cfg)
+                except Exception as err:  # noqa: BLE001 - tiles too large for this GPU: skip the config
+                    print(f"   {cfg}: {type(err).__name__}")
+                    continue
+                err = ((out.float() - ref).norm() / ref.norm()).item()
+                if err > 1e-2:
+                    raise SystemExit(f"config {cfg} for n={n}, width={width}: relative error {err:.2e} against sdpa")
+                us = do_bench_cudagraph(lambda: group_attention(qkv, groups, heads, scale, config=cfg)) * 1e3
+                best = min(best, (us, cfg))
+        table_txt = f"{table_us:9.1f}" if table_us else f"{'-':>9}"
+        print(f"{tokens:6d} {heads:5d} {groups:6d} {n:4d} {width:5d} {sdpa_us:8.1f} {table_txt} {best[0]:8.1f}  "
+              f"{best[1]}", flush=True)
+        if n > 128 and best[0] <= 0.97 * sdpa_us:
+            entries.append(f"    ({n}, {width}): {best[1]},  # {best[0]:.1f} vs sdpa {sdpa_us:.1f} us")
+    print("TILES entries (groups longer than one tile that beat sdpa by >= 3 %):")
+    print("\n".join(entries) or "    (none)")
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sweep", action="store_true", help="time the Triton group attention's tile configs")
+    if parser.parse_args().sweep:
+        sweep()
+        return
     print(torch.cuda.get_device_name(), torch.__version__)
     print(f"{'tokens':>6} {'heads':>5} {'groups':>6} {'n':>4} {'fwd us':>8} {'fwd+bwd us':>10} {'fwd TFLOP/s':>11}")
     totals = {}

@@ -1,4 +1,5 @@
-"""The kept attention core (cuDNN / flash forward op with log-sum-exp, its backward op called directly) on a GPU.
+"""The kept attention core (Triton for groups of <= 128 tokens; else the cuDNN / flash forward op with log-sum-exp,
+its backward op called directly) on a GPU.
 
 For each model: which kernel the fused attention sublayers ran in a bf16 training step, and the logits and every
 gradient against the same step with the core re-run under autograd (``SRET_ATTN_DIRECT=0``), both against a float64
@@ -48,11 +49,17 @@ def check(name: str, batch: int) -> bool:
         used[(backend, tuple(q.shape))] += 1
         return plain_forward(q, k, v, scale, backend)
 
-    fused._attention_forward = counting
+    plain_triton_backward = fused.group_attention_backward
+
+    def counting_triton(qkv, do, groups, heads, scale):
+        used[("triton", tuple(qkv.shape), groups)] += 1
+        return plain_triton_backward(qkv, do, groups, heads, scale)
+
+    fused._attention_forward, fused.group_attention_backward = counting, counting_triton
     try:
         out_k, kept = _step(model, x, autocast=True)
     finally:
-        fused._attention_forward = plain_forward
+        fused._attention_forward, fused.group_attention_backward = plain_forward, plain_triton_backward
     os.environ["SRET_ATTN_DIRECT"] = "0"
     out_r, rerun = _step(model, x, autocast=True)
     os.environ.pop("SRET_ATTN_DIRECT")

@@ -210,26 +210,42 @@ SCRIPT = textwrap.dedent(
         plain_eval = model(x)
     assert any(seen), "the shuffled LayerNorm path did not run"
     torch.testing.assert_close(fused_eval, plain_eval, rtol=1e-4, atol=1e-5)
-    # Short groups (<= 128 tokens) attend in one Triton launch in inference: the kernel against sdpa, then the whole
-    # eval model under float16 autocast against the plain modules
-    from sret.models import short_attention as SA
+    # Groups attend in one Triton launch in inference: the kernel against sdpa (one tile, then the key-block loop of
+    # longer groups: partial query and key blocks, a 48-wide head), then the whole eval model under float16 autocast
+    # against the plain modules
+    from sret.models import group_attention as GA
     gen = torch.Generator().manual_seed(11)  # own generator: later checks depend on the global RNG's state
-    for B_, N_, G_, H_, D_ in ((2, 196, 4, 4, 32), (2, 784, 8, 2, 32), (1, 49, 1, 8, 32), (2, 60, 1, 2, 16)):
+    for B_, N_, G_, H_, D_, cfg in ((2, 196, 4, 4, 32, None), (2, 784, 8, 2, 32, None), (1, 49, 1, 8, 32, None),
+                                    (2, 60, 1, 2, 16, None), (1, 300, 1, 2, 32, (64, 32, 4, 1)),
+                                    (2, 392, 2, 3, 48, (32, 64, 4, 2))):
         qkv = torch.randn(B_, N_, 3 * H_ * D_, generator=gen).half()
         n_ = N_ // G_
         q_, k_, v_ = qkv.float().view(B_, G_, n_, 3, H_, D_).permute(3, 0, 1, 4, 2, 5).reshape(3, B_ * G_, H_, n_, D_)
         ref = F.scaled_dot_product_attention(q_, k_, v_, scale=D_**-0.5)
         ref = ref.reshape(B_, G_, H_, n_, D_).permute(0, 1, 3, 2, 4).reshape(B_, N_, H_ * D_)
-        assert rel(SA.short_group_attention(qkv, G_, H_, D_**-0.5), ref) < 2e-3, (N_, G_)
-    assert SA.short_group_attention(torch.zeros(1, 392, 192).half(), 1, 2, 0.1) is None  # 392 tokens: sdpa's
-    short_calls, plain_short = [], SA.short_group_attention
-    FU.short_group_attention = lambda *a: short_calls.append(1) or plain_short(*a)
+        assert rel(GA.group_attention(qkv, G_, H_, D_**-0.5, config=cfg), ref) < 2e-3, (N_, G_, cfg)
+        if n_ <= 128:  # the one-tile backward: d q/k/v against autograd through sdpa in float32
+            qf = qkv.float().requires_grad_(True)
+            q_, k_, v_ = qf.view(B_, G_, n_, 3, H_, D_).permute(3, 0, 1, 4, 2, 5).reshape(3, B_ * G_, H_, n_, D_)
+            ref = F.scaled_dot_product_attention(q_, k_, v_, scale=D_**-0.5)
+            do_ = torch.randn(B_, N_, H_ * D_, generator=gen).half()
+            ref.reshape(B_, G_, H_, n_, D_).permute(0, 1, 3, 2, 4).reshape(B_, N_, -1).backward(do_.float())
+            assert GA.backward_applies(qkv, G_, H_), (N_, G_)
+            got = GA.group_attention_backward(qkv, do_, G_, H_, D_**-0.5).view(B_, N_, 3, -1)
+            for i in range(3):  # dq, dk, dv: a swap of any two fails
+                assert rel(got[:, :, i], qf.grad.view(B_, N_, 3, -1)[:, :, i]) < 2e-3, (N_, G_, i)
+    assert not GA.backward_applies(torch.zeros(1, 392, 192).half(), 1, 2)  # longer than one tile: sdpa's backward
+    assert GA.group_attention(torch.zeros(1, 1000, 96).half(), 1, 2, 0.1) is None  # long group, not in TILES: sdpa
+    assert GA.group_attention(torch.zeros(1, 49, 72).half(), 1, 2, 0.1) is None  # 12-wide heads: sdpa
+    assert GA.group_attention(torch.zeros(1, 49, 192), 1, 2, 0.1) is None  # float32: sdpa
+    short_calls, plain_short = [], GA.group_attention
+    FU.group_attention = lambda *a: short_calls.append(1) or plain_short(*a)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
         os.environ["SRET_FAST_LN"], os.environ["SRET_FUSED"] = "1", "1"
         short_eval = model(x)
         os.environ["SRET_FAST_LN"], os.environ["SRET_FUSED"] = "0", "0"
         plain16_eval = model(x)
-    FU.short_group_attention = plain_short
+    FU.group_attention = plain_short
     assert short_calls and rel(short_eval, plain16_eval) < 1e-2, (len(short_calls), rel(short_eval, plain16_eval))
     # ... and with the residual kernel switched off, the branch is put back in grid order by the PyTorch fallback
     with torch.no_grad():
@@ -250,7 +266,11 @@ SCRIPT = textwrap.dedent(
         return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
                               if not (n.startswith("patch_embed.conv") and n.endswith("bias"))}
 
+    bwd_calls, plain_bwd = [], FU.group_attention_backward
+    FU.group_attention_backward = lambda *a: bwd_calls.append(1) or plain_bwd(*a)
     (ka, ga), (kb, gb) = run16("1"), run16("0")
+    FU.group_attention_backward = plain_bwd
+    assert len(bwd_calls) == 20, len(bwd_calls)  # every attention application: the Triton core and its backward
     assert rel(ka, kb) < 1e-2, rel(ka, kb)
     errs = sorted(rel(ga[n], gb[n]) for n in gb)
     assert errs[len(errs) // 2] < 1e-2 and all(torch.isfinite(g).all() for g in ga.values()), errs[-5:]

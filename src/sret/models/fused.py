@@ -12,8 +12,9 @@ gradients already computed (``dc2 = <W, G^T A> + <b, sum G>``, no pass over the 
 finishes the residual in the same pass (``dx += c1 * g``, ``dc1 = sum(g * x)``, in the Triton kernel on CUDA), and
 what is saved is chosen for memory: the residual input (shared with the previous sublayer's output), the
 LayerNorm statistics and the MLP's pre-activation (or the attention core's output and log-sum-exp). The LayerNorm
-output, the GELU and q/k/v are recomputed in backward, where the fused attention kernel's own backward runs (where
-sdpa would not run cuDNN or flash attention, q/k/v are kept instead and the core is re-run under autograd).
+output, the GELU and q/k/v are recomputed in backward, where the attention kernel's own backward runs: the Triton
+one of ``group_attention.py`` for groups of <= 128 tokens (it keeps only the output), else cuDNN's or flash
+attention's (where sdpa would run neither, q/k/v are kept instead and the core is re-run under autograd).
 Measured on an H100 (docs/perf_notes.md): SReT-T's training peak at batch 256 falls from 8.24 to 4.52 GiB.
 The forward of the MLP/NLL sublayers is one Triton launch where that was measured to pay (``sublayer_kernels.py``).
 
@@ -37,7 +38,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from sret.models import layernorm as _ln
 from sret.models.attention import invert_permutation, split_qkv
-from sret.models.short_attention import short_group_attention
+from sret.models.group_attention import backward_applies, group_attention, group_attention_backward
 from sret.models import sublayer_kernels as _kernels
 
 
@@ -271,9 +272,15 @@ def _unpad_heads(t: torch.Tensor, heads: int, width: int, head_dim: int) -> torc
 _DIRECT_BACKENDS = {int(SDPBackend.CUDNN_ATTENTION): "cudnn", int(SDPBackend.FLASH_ATTENTION): "flash"}
 
 
+def _direct_backward() -> bool:
+    """Whether training may keep the attention core for its own backward (``SRET_ATTN_DIRECT=0``: re-run it under
+    autograd instead, the reference the GPU check compares with)."""
+    return os.environ.get("SRET_ATTN_DIRECT", "1") != "0"
+
+
 def _attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Optional[str]:
     """``"cudnn"`` or ``"flash"`` where sdpa would pick that kernel for these q/k/v in a training step, else None."""
-    if not q.is_cuda or os.environ.get("SRET_ATTN_DIRECT", "1") == "0":
+    if not q.is_cuda or not _direct_backward():
         return None
     # Asked with inputs that require grad: some kernels are only eligible without a backward.
     choice = torch._fused_sdp_choice(q.detach().requires_grad_(), k.detach().requires_grad_(),
@@ -332,9 +339,11 @@ def _merge_heads(t: torch.Tensor, batch: int) -> torch.Tensor:
 class _AttnResidual(torch.autograd.Function):
     """``c1 * x + c2 * s * proj(attend(qkv(LN(x))))``; ``attend`` maps q/k/v (B, N, 3C) to (B, N, C).
 
-    In training, where sdpa would run cuDNN's or flash attention (``sdpa`` True, CUDA, no token gathers), the core
-    runs as that kernel's forward op and keeps its output and log-sum-exp; the backward recomputes q/k/v (one GEMM
-    on the LayerNorm output it recomputes anyway) and calls the kernel's backward op directly. Otherwise ``attend``
+    In training, for groups of <= 128 tokens (``sdpa`` True, CUDA, no token gathers), the core is the Triton kernel
+    of ``group_attention.py`` and only its output is kept; the backward recomputes q/k/v (one GEMM on the LayerNorm
+    output it recomputes anyway) and d q/k/v come from one more launch. For longer groups, where sdpa would run
+    cuDNN's or flash attention, the core runs as that kernel's forward op and keeps its output and log-sum-exp, and
+    the backward calls the kernel's backward op directly on the recomputed q/k/v. Otherwise ``attend``
     (grouping, permutation, attention kernel) is re-run in backward under autograd from the saved q/k/v. With
     ``width`` > 0 every head is carried ``width`` wide instead of ``C / heads``: the qkv weight and bias get zero
     rows and the proj weight zero columns there (see ``SlicedGroupAttention.attend``), so q/k/v come out of the GEMM
@@ -365,18 +374,22 @@ class _AttnResidual(torch.autograd.Function):
                 xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)
             wqkv16, bqkv16 = wqkv_e.to(dtype), bqkv_e.to(dtype)  # kept for backward: no second cast there
             qkv = torch.addmm(bqkv16, xn, wqkv16.t()).view(B, N, -1)  # (B, N, 3 * heads * D)
-            backend = None
-            if training and sdpa and (perm is None or shuffle_in_kernels):
-                q, k, v = split_qkv(qkv, groups, heads)  # each (B*G, heads, n, D), views of qkv
-                backend = _attention_backend(q, k, v, attn_scale)
-            short = None
-            if not training and sdpa and (perm is None or shuffle_in_kernels):  # groups of <= 128 tokens: one launch
-                short = short_group_attention(qkv, groups, heads, attn_scale)
-            if backend is not None:  # the core's output and log-sum-exp are kept: no re-run in backward
+            backend = short = None
+            if sdpa and (perm is None or shuffle_in_kernels):
+                # The Triton kernels, where they apply (inference: the shapes group_attention takes; training:
+                # groups that fit one tile, whose backward is one launch too); else sdpa's kernel, kept for backward
+                if not training or (backward_applies(qkv, groups, heads) and _direct_backward()):
+                    short = group_attention(qkv, groups, heads, attn_scale)
+                if training and short is not None:
+                    backend = "triton"
+                elif training:
+                    q, k, v = split_qkv(qkv, groups, heads)  # each (B*G, heads, n, D), views of qkv
+                    backend = _attention_backend(q, k, v, attn_scale)
+            if short is not None:
+                o = short.view(B * N, -1)  # (B*N, heads * D), in qkv's token order (shuffled if the LayerNorm was)
+            elif backend is not None:  # the core's output and log-sum-exp are kept: no re-run in backward
                 o4, state = _attention_forward(q, k, v, attn_scale, backend)
                 o = _merge_heads(o4, B).reshape(B * N, -1)  # (B*N, heads * D), shuffled if the LayerNorm shuffled
-            elif short is not None:
-                o = short.view(B * N, -1)  # (B*N, heads * D), in qkv's token order
             elif shuffle_in_kernels:
                 o = attend(qkv, None, None).reshape(B * N, -1)  # (B*N, heads * D), still shuffled
             else:
@@ -393,7 +406,9 @@ class _AttnResidual(torch.autograd.Function):
         if shuffle_in_kernels and training:  # the backward's LayerNorm works in grid order: its statistics too
             mean = mean.view(B, N).index_select(1, inv_perm).view(-1)
             rstd = rstd.view(B, N).index_select(1, inv_perm).view(-1)
-        if backend is not None:  # q/k/v are recomputed in backward from the LayerNorm output it recomputes anyway
+        if backend == "triton":  # the output (for proj's weight gradient); the probabilities are recomputed
+            core = (bqkv16, o)
+        elif backend is not None:  # q/k/v are recomputed in backward from the LayerNorm output it recomputes anyway
             lse, seed, offset, ctx.max_q, ctx.max_k = state
             core = (bqkv16, o4, lse, seed, offset)
         else:
@@ -416,7 +431,13 @@ class _AttnResidual(torch.autograd.Function):
         if shuffled:  # the branch's incoming gradient in the same order (cast first: half the bytes to gather)
             g_s = g_s.to(dtype).index_select(1, perm)
         xn = None
-        if backend is not None:  # the kept core: q/k/v recomputed (one GEMM), the fused kernel's own backward
+        if backend == "triton":  # q/k/v recomputed (one GEMM), then one launch from (q/k/v, do) to d qkv
+            bqkv16, o = core
+            xn = _recompute_ln(x, ln_w, ln_b, ctx.eps, dtype, triton, perm if shuffled else None)
+            qkv = torch.addmm(bqkv16, xn[:, :C], wqkv16.t()).view(B, N, -1)
+            do, gwp = _projection_grads(g_s.view(B * N, C), o, wp_e, c2, dtype)
+            dqkv = group_attention_backward(qkv, do.view(B, N, -1), ctx.groups, heads, ctx.attn_scale)
+        elif backend is not None:  # the kept core: q/k/v recomputed (one GEMM), the fused kernel's own backward
             bqkv16, o4, lse, seed, offset = core
             xn = _recompute_ln(x, ln_w, ln_b, ctx.eps, dtype, triton, perm if shuffled else None)
             qkv = torch.addmm(bqkv16, xn[:, :C], wqkv16.t()).view(B, N, -1)

@@ -1,0 +1,172 @@
+"""Attention within token groups as one Triton launch that reads q/k/v straight from the projected tokens.
+
+Why: the sliced attention cuts a stage's tokens into groups of 49-392 (SReT-T's first passes and last stage). The
+fused sdpa kernels need q/k/v as (B*G, heads, n, D) and give the output back in that layout, so every call pays
+for strided reads and a copy back to tokens, and on an H100 they run short sequences at 17-71 TFLOP/s against 150
+for 784 tokens: four groups of 49 tokens took longer than one group of 196 (docs/perf_notes.md, run 32). Here one
+program computes one block of queries of one (group, head) pair: q/k/v read from the projected tokens (B, N, 3C),
+the output written as tokens (B, N, C). The queries of a block loop over key blocks with a running maximum (the
+flash-attention recurrence); a group of at most 128 tokens can be one tile (one key block: one softmax). Which
+shapes run here, and in which tiles, was measured against sdpa (:data:`TILES`).
+
+Semantics: ``softmax(q k^T * scale) v`` per group and head, as ``F.scaled_dot_product_attention``: scores and
+softmax in float32, the probabilities rounded to the input dtype before the product with v (as the flash kernels do).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from sret.models import layernorm as _ln
+
+triton = _ln.triton
+if triton is not None:
+    import triton.language as tl
+
+    @triton.jit
+    def _group_attention_fwd(QKV, OUT, GROUP_N, C, qk_scale, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Program (group, head, query block): the group's GROUP_N tokens are rows group * GROUP_N ... of QKV (rows
+        of 3C, head ``head`` at columns head * D ...); ``qk_scale`` is the softmax scale times log2(e)."""
+        group = tl.program_id(0).to(tl.int64)
+        head = tl.program_id(1)
+        rows = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)  # query rows within the group
+        cols = tl.arange(0, BLOCK_D)
+        cmask = cols < D
+        base = QKV + group * GROUP_N * (3 * C) + head * D + cols[None, :]
+        qmask = (rows < GROUP_N)[:, None] & cmask[None, :]
+        q = tl.load(base + rows[:, None] * (3 * C), mask=qmask, other=0.0)  # (BLOCK_M, BLOCK_D)
+        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        for start in range(0, GROUP_N, BLOCK_N):  # every key block holds at least one key of the group
+            keys = start + tl.arange(0, BLOCK_N)
+            kvalid = keys < GROUP_N
+            kv_ptr = base + keys[:, None] * (3 * C)
+            k = tl.load(kv_ptr + C, mask=kvalid[:, None] & cmask[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
+            v = tl.load(kv_ptr + 2 * C, mask=kvalid[:, None] & cmask[None, :], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N) float32, log2 units
+            s = tl.where(kvalid[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)  # 0 on the first block
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
+            m_i = m_new
+        o = acc / l_i[:, None]
+        tok = group * GROUP_N + rows
+        tl.store(OUT + tok[:, None] * C + head * D + cols[None, :], o.to(OUT.dtype.element_ty), mask=qmask)
+
+
+    @triton.jit
+    def _group_attention_bwd(QKV, DO, DQKV, GROUP_N, C, scale, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                             BLOCK_N: tl.constexpr):
+        """Program (group, head) of a group that fits one tile: dq, dk, dv of ``softmax(q k^T * scale) v`` for the
+        output gradient DO (rows of C), written into DQKV in QKV's layout. The probabilities are recomputed from q
+        and k in one tile, so nothing but q/k/v is kept from the forward (no log-sum-exp, no output)."""
+        group = tl.program_id(0).to(tl.int64)
+        head = tl.program_id(1)
+        rows = tl.arange(0, BLOCK_N)
+        valid = rows < GROUP_N
+        cols = tl.arange(0, BLOCK_D)
+        mask = valid[:, None] & (cols < D)[None, :]
+        tok = group * GROUP_N + rows
+        src = tok[:, None] * (3 * C) + head * D + cols[None, :]
+        q = tl.load(QKV + src, mask=mask, other=0.0)  # (BLOCK_N, BLOCK_D); padded rows are zeros
+        k = tl.load(QKV + src + C, mask=mask, other=0.0)
+        v = tl.load(QKV + src + 2 * C, mask=mask, other=0.0)
+        do = tl.load(DO + tok[:, None] * C + head * D + cols[None, :], mask=mask, other=0.0).to(q.dtype)
+        s = tl.dot(q, tl.trans(k)) * (scale * 1.4426950408889634)  # (BLOCK_N, BLOCK_N) float32, log2 units
+        s = tl.where(valid[None, :], s, float("-inf"))
+        p = tl.exp2(s - tl.max(s, axis=1)[:, None])
+        p = p / tl.sum(p, axis=1)[:, None]  # the forward's probabilities, float32
+        dv = tl.dot(tl.trans(p.to(q.dtype)), do)  # padded query rows carry do = 0
+        dp = tl.dot(do, tl.trans(v))
+        ds = (p * (dp - tl.sum(p * dp, axis=1)[:, None]) * scale).to(q.dtype)  # d scores, rounded as flash does
+        dq = tl.dot(ds, k)
+        dk = tl.dot(tl.trans(ds), q)
+        out = DQKV.dtype.element_ty
+        tl.store(DQKV + src, dq.to(out), mask=mask)
+        tl.store(DQKV + src + C, dk.to(out), mask=mask)
+        tl.store(DQKV + src + 2 * C, dv.to(out), mask=mask)
+
+
+_HEAD_DIMS = range(16, 65, 8)  # head widths (multiples of 8: 16-byte rows); SReT-S's 42 is carried 48 wide
+_MAX_ONE_TILE = 128
+
+# (tokens per group, head width) -> (BLOCK_M, BLOCK_N, num_warps, num_stages): the fastest config of
+# ``benchmarks/attention_shapes.py --sweep`` for each inference shape of SReT-T and SReT-S where it beat sdpa (its
+# layout copies included) by at least 3 %; H100, bf16, batch 256, CUDA-graph replays (run 34,
+# ``benchmarks/results/attention_sweep_run34/``). Microseconds a call in the comments: this config, sdpa. Shapes
+# not listed run one tile where the group fits one (<= 128 tokens, power-of-two head width, run 33), else sdpa.
+# SReT-S's 48-wide heads (carried in 64-wide tiles) lost to sdpa for every group longer than 49 tokens.
+TILES: dict[tuple[int, int], tuple[int, int, int, int]] = {
+    (98, 32): (128, 64, 4, 3),   # 54.4 vs 71.2 (one tile: 68.2)
+    (196, 32): (128, 32, 4, 3),  # 44.0 vs 58.4
+    (392, 32): (128, 64, 4, 3),  # 141.3 vs 190.3
+    (784, 32): (128, 64, 4, 3),  # 211.1 vs 270.0 (sret_t_wo_slice)
+    (49, 48): (64, 32, 4, 3),    # 52.9 vs 101.7 (SReT-S stage 1, 4 groups); 27.0 vs 55.1 (stage 2)
+}
+
+
+def _config(n: int, width: int) -> Optional[tuple[int, int, int, int]]:
+    if (n, width) in TILES:
+        return TILES[n, width]
+    if n <= _MAX_ONE_TILE and width in (16, 32, 64):  # one tile: all keys at once, no running maximum (run 33)
+        block = max(16, triton.next_power_of_2(n))
+        return block, block, 4 if block <= 64 else 8, 1
+    return None
+
+
+def group_attention(qkv: torch.Tensor, groups: int, heads: int, scale: float,
+                    config: Optional[tuple[int, int, int, int]] = None) -> Optional[torch.Tensor]:
+    """Attention within ``groups`` contiguous chunks of the tokens of ``qkv`` (B, N, 3 * heads * D): (B, N, heads * D).
+
+    ``config`` = (BLOCK_M, BLOCK_N, num_warps, num_stages) overrides the table (benchmarks, tests). None where the
+    kernel does not apply (the caller runs sdpa): kernels off or not on CUDA / the interpreter, dtypes other than
+    bf16 / fp16, head widths other than 16-64 in steps of 8, non-contiguous input, or a shape that is neither in
+    :data:`TILES` nor one tile of a power-of-two head width.
+    """
+    B, N, C3 = qkv.shape
+    C = C3 // 3
+    D = C // heads
+    n = N // groups
+    if (not _ln.fused_kernels_enabled(qkv) or qkv.dtype not in (torch.bfloat16, torch.float16)
+            or D not in _HEAD_DIMS or C3 != 3 * heads * D or N % groups or not qkv.is_contiguous()):
+        return None
+    config = config or _config(n, D)
+    if config is None:
+        return None
+    block_m, block_n, warps, stages = config
+    out = torch.empty((B, N, C), device=qkv.device, dtype=qkv.dtype)
+    grid = (B * groups, heads, triton.cdiv(n, block_m))
+    _group_attention_fwd[grid](qkv, out, n, C, scale * 1.4426950408889634, D=D, BLOCK_D=triton.next_power_of_2(D),
+                               BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+    return out
+
+
+def backward_applies(qkv: torch.Tensor, groups: int, heads: int) -> bool:
+    """Whether :func:`group_attention_backward` covers this call: the conditions of :func:`group_attention`, and a
+    group that fits one tile (<= 128 tokens), where the probabilities are recomputed whole in backward."""
+    B, N, C3 = qkv.shape
+    D = C3 // (3 * heads)
+    return (_ln.fused_kernels_enabled(qkv) and qkv.dtype in (torch.bfloat16, torch.float16) and D in _HEAD_DIMS
+            and C3 == 3 * heads * D and N % groups == 0 and N // groups <= _MAX_ONE_TILE and qkv.is_contiguous())
+
+
+def group_attention_backward(qkv: torch.Tensor, do: torch.Tensor, groups: int, heads: int,
+                             scale: float) -> torch.Tensor:
+    """d qkv (B, N, 3 * heads * D) of :func:`group_attention` for the output gradient ``do`` (B, N, heads * D), for
+    calls where :func:`backward_applies`: one launch, the gradient written straight in qkv's token layout."""
+    B, N, C3 = qkv.shape
+    C = C3 // 3
+    n = N // groups
+    torch._assert(do.shape == (B, N, C) and do.is_contiguous(), "do must be contiguous (B, N, heads * D)")
+    dqkv = torch.empty_like(qkv)
+    block = max(16, triton.next_power_of_2(n))
+    _group_attention_bwd[(B * groups, heads)](qkv, do, dqkv, n, C, scale, D=C // heads,
+                                              BLOCK_D=triton.next_power_of_2(C // heads), BLOCK_N=block,
+                                              num_warps=4 if block <= 64 else 8)
+    return dqkv
