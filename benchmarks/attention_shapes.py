@@ -14,6 +14,13 @@ output tokens (B, N, C): sdpa with its layout views and the copy back to tokens,
 SReT-T and SReT-S (48-wide heads) sliced and unsliced; it prints the table entries that beat sdpa by >= 3 %.
 
     PYTHONPATH=src python3 benchmarks/attention_shapes.py --sweep
+
+``--sweep-backward`` does the same for a training step's core, forward and backward, for SReT-T's shapes: cuDNN's
+kept core as ``fused.py`` runs it (forward op with log-sum-exp, split views, merge; the backward op, the gradients
+stacked back into qkv's layout) against the Triton forward with log-sum-exp plus the two backward kernels in every
+tile config (checked against autograd through sdpa), and the one-tile backward where a group fits one tile.
+
+    PYTHONPATH=src python3 benchmarks/attention_shapes.py --sweep-backward
 """
 
 from __future__ import annotations
@@ -105,6 +112,74 @@ def sweep() -> None:
     print("\n".join(entries) or "    (none)")
 
 
+BACKWARD_SHAPES = [(784, 2, 8, 32), (784, 2, 2, 32), (784, 2, 1, 32), (196, 4, 4, 32), (196, 4, 1, 32)]
+
+
+def sweep_backward() -> None:
+    from sret.models import fused
+    from sret.models import group_attention as GA
+    from sret.models.attention import split_qkv
+
+    print(torch.cuda.get_device_name(), torch.__version__)
+    print(f"{'tokens':>6} {'heads':>5} {'groups':>6} {'n':>4} {'width':>5} {'cudnn us':>9} {'one tile us':>11} "
+          f"{'best us':>8}  best (BLOCK_M, BLOCK_N, warps, stages)  [forward + backward]")
+    entries = []
+    for tokens, heads, groups, width in BACKWARD_SHAPES:
+        n = tokens // groups
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        qkv = torch.randn(BATCH, tokens, 3 * heads * width, device="cuda", dtype=torch.bfloat16, generator=gen)
+        do = torch.randn(BATCH, tokens, heads * width, device="cuda", dtype=torch.bfloat16, generator=gen)
+        scale = width**-0.5
+        qf = qkv.float().requires_grad_(True)
+        q_, k_, v_ = split_qkv(qf, groups, heads)
+        ref = F.scaled_dot_product_attention(q_, k_, v_, scale=scale)
+        fused._merge_heads(ref, BATCH).backward(do.float())
+        ref_grad = qf.grad.view(BATCH, tokens, 3, -1)
+
+        def cudnn():
+            q, k, v = split_qkv(qkv, groups, heads)
+            o4, state = fused._attention_forward(q, k, v, scale, "cudnn")
+            do4 = do.view(BATCH, groups, n, heads, width).permute(0, 1, 3, 2, 4).reshape(q.shape)
+            grads = fused._attention_backward(do4, q, k, v, o4, state, scale, "cudnn")
+            return torch.stack([fused._merge_heads(d, BATCH) for d in grads], dim=2)
+
+        def triton_path(cfg):
+            o, lse = GA.group_attention(qkv, groups, heads, scale, config=GA._config(n, width) or cfg, keep_lse=True)
+            return GA.group_attention_backward(qkv, do, groups, heads, scale, o=o, lse=lse, config=cfg)
+
+        def check(got, label):
+            got = got.view(BATCH, tokens, 3, -1).float()
+            errs = [((got[:, :, i] - ref_grad[:, :, i]).norm() / ref_grad[:, :, i].norm()).item() for i in range(3)]
+            if max(errs) > 2e-2:
+                raise SystemExit(f"{label} for n={n}: relative errors of dq/dk/dv {errs} against float32 autograd")
+
+        check(cudnn(), "cudnn")
+        cudnn_us = do_bench_cudagraph(cudnn) * 1e3
+        one_us = None
+        if n <= 128:
+            check(triton_path(None), "one tile")
+            one_us = do_bench_cudagraph(lambda: triton_path(None)) * 1e3
+        best = (float("inf"), None)
+        for cfg in SWEEP_CONFIGS:
+            try:
+                check(triton_path(cfg), str(cfg))
+            except SystemExit:
+                raise
+            except Exception as err:  # noqa: BLE001 - tiles too large for this GPU: skip the config
+                print(f"   {cfg}: {type(err).__name__}")
+                continue
+            best = min(best, (do_bench_cudagraph(lambda: triton_path(cfg)) * 1e3, cfg))
+        one_txt = f"{one_us:11.1f}" if one_us else f"{'-':>11}"
+        print(f"{tokens:6d} {heads:5d} {groups:6d} {n:4d} {width:5d} {cudnn_us:9.1f} {one_txt} {best[0]:8.1f}  "
+              f"{best[1]}", flush=True)
+        current = one_us if one_us is not None else cudnn_us
+        if best[0] <= 0.97 * current:
+            entries.append(f"    ({n}, {width}): {best[1]},  # {best[0]:.1f} vs {'one tile' if one_us else 'cuDNN'} "
+                           f"{current:.1f} us (cuDNN {cudnn_us:.1f})")
+    print("BACKWARD_TILES entries (beat the current path by >= 3 %):")
+    print("\n".join(entries) or "    (none)")
+
+
 def triton_next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
@@ -112,8 +187,13 @@ def triton_next_pow2(n: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sweep", action="store_true", help="time the Triton group attention's tile configs")
-    if parser.parse_args().sweep:
+    parser.add_argument("--sweep-backward", action="store_true", help="the same for forward + backward")
+    args = parser.parse_args()
+    if args.sweep:
         sweep()
+        return
+    if args.sweep_backward:
+        sweep_backward()
         return
     print(torch.cuda.get_device_name(), torch.__version__)
     print(f"{'tokens':>6} {'heads':>5} {'groups':>6} {'n':>4} {'fwd us':>8} {'fwd+bwd us':>10} {'fwd TFLOP/s':>11}")

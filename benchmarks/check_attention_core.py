@@ -51,9 +51,9 @@ def check(name: str, batch: int) -> bool:
 
     plain_triton_backward = fused.group_attention_backward
 
-    def counting_triton(qkv, do, groups, heads, scale):
+    def counting_triton(qkv, do, groups, heads, scale, **kwargs):
         used[("triton", tuple(qkv.shape), groups)] += 1
-        return plain_triton_backward(qkv, do, groups, heads, scale)
+        return plain_triton_backward(qkv, do, groups, heads, scale, **kwargs)
 
     fused._attention_forward, fused.group_attention_backward = counting, counting_triton
     try:

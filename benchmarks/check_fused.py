@@ -2,7 +2,8 @@
 
 On CUDA this exercises the Triton LayerNorm kernels with the fused residual backward; the CPU runs the native-op
 path. For each gradient it prints the relative error of both bf16 paths against float64: the fused path must be as
-close to the reference as the unfused one (the median over tensors within 1.5x, and no NaN), else exit 1.
+close to the reference as the unfused one (the median over tensors within 1.5x, and no NaN), and so must the
+BatchNorm running statistics after the step (the worst within 1.5x), else exit 1.
 
     PYTHONPATH=src python3 benchmarks/check_fused.py [--device cuda] [--model sret_t] [--img-size 224]
 """
@@ -35,8 +36,9 @@ def _grads(model, x, fused: str, autocast: bool, seed: int = 0):
             os.environ.pop("SRET_FUSED", None)
         else:
             os.environ["SRET_FUSED"] = before
-    return out.detach().double().cpu(), {n: p.grad.double().cpu() for n, p in model.named_parameters()
-                                         if p.grad is not None}
+    grads = {n: p.grad.double().cpu() for n, p in model.named_parameters() if p.grad is not None}
+    stats = {n: b.double().cpu() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var"))}
+    return out.detach().double().cpu(), grads, stats
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -58,11 +60,10 @@ def main() -> int:
             if "coefficient" in name:
                 p.uniform_(0.5, 1.5)  # away from the published init so a swapped coefficient would show
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
-    ref_out, ref = _grads(copy.deepcopy(model).double(), x.double(), "0", autocast=False)
-    dev_model = model.to(args.device)
+    ref_out, ref, ref_stats = _grads(copy.deepcopy(model).double(), x.double(), "0", autocast=False)
     xd = x.to(args.device)
-    fused_out, fused = _grads(dev_model, xd, "1", autocast=True)
-    plain_out, plain = _grads(dev_model, xd, "0", autocast=True)
+    fused_out, fused, fused_stats = _grads(copy.deepcopy(model).to(args.device), xd, "1", autocast=True)
+    plain_out, plain, plain_stats = _grads(copy.deepcopy(model).to(args.device), xd, "0", autocast=True)
     # Conv biases in front of BatchNorm have a gradient of (numerically) zero: relative errors mean nothing there.
     names = [n for n in ref if not (n.startswith("patch_embed.conv") and n.endswith("bias"))]
     ef = {n: _rel(fused[n], ref[n]) for n in names}
@@ -73,8 +74,14 @@ def main() -> int:
     print(f"gradients vs float64, median over {len(names)} tensors: fused {mf:.2e}  unfused {mp:.2e}")
     for n in sorted(names, key=lambda n: -ef[n])[:5]:
         print(f"  worst fused  {n:55s} fused {ef[n]:.2e} unfused {ep[n]:.2e} |ref| {ref[n].norm():.2e}")
+    # The stem's BatchNorm running statistics after the step (the fused stem moves the running mean by the conv
+    # bias it leaves out of the conv)
+    sf = max(_rel(fused_stats[n], ref_stats[n]) for n in ref_stats)
+    sp = max(_rel(plain_stats[n], ref_stats[n]) for n in ref_stats)
+    print(f"BatchNorm running statistics vs float64, worst of {len(ref_stats)}: fused {sf:.2e}  unfused {sp:.2e}")
     bad = [n for n in names if not math.isfinite(ef[n])]
-    ok = not bad and mf <= 1.5 * mp + 1e-6 and _rel(fused_out, ref_out) <= 1.5 * _rel(plain_out, ref_out) + 1e-6
+    ok = (not bad and mf <= 1.5 * mp + 1e-6 and _rel(fused_out, ref_out) <= 1.5 * _rel(plain_out, ref_out) + 1e-6
+          and sf <= 1.5 * sp + 1e-6)
     print("OK" if ok else f"FAIL (non-finite: {bad[:3]})")
     return 0 if ok else 1
 

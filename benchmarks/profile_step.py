@@ -52,14 +52,15 @@ def make_step(model: torch.nn.Module, bench: str, batch: int):
     return step
 
 
-def profile_model(name: str, bench: str, batch: int, out: Path, tag: str, steps: int = 3, rows: int = 25) -> None:
+def profile_model(name: str, bench: str, batch: int, out: Path, tag: str, steps: int = 3, rows: int = 25,
+                  by_shape: tuple[str, ...] = ()) -> None:
     model = sret.create_model(name).cuda().train(bench == "train")
     step = make_step(model, bench, batch)
     for _ in range(3):
         step()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=bool(by_shape)) as p:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
@@ -71,6 +72,11 @@ def profile_model(name: str, bench: str, batch: int, out: Path, tag: str, steps:
     table = events.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=70)
     head = (f"=== {name} {bench} [{tag}] per step: CPU self {cpu_ms:.1f} ms, GPU self {gpu_ms:.1f} ms, "
             f"aten calls {aten_calls / steps:.0f} (incl. nested), peak {peak:.2f} GiB")
+    for op in by_shape:  # the named ops split by input shapes: which calls of a many-called op cost the time
+        shaped = [e for e in p.key_averages(group_by_input_shape=True) if e.key == op]
+        shaped.sort(key=lambda e: -e.self_device_time_total)
+        table += f"\n\n{op} by input shapes (per step: calls, GPU us):\n" + "\n".join(
+            f"{e.count / steps:7.1f} {e.self_device_time_total / steps:9.1f}  {e.input_shapes}" for e in shaped[:rows])
     (out / f"profile_{name}_{bench}_{tag}.txt").write_text(head + "\n" + table)
     print(head, flush=True)
     kept = [ln for ln in table.splitlines()[3:3 + 14]]
@@ -109,6 +115,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--stem", action="store_true", help="also time the conv stem in both layouts")
     parser.add_argument("--rows", type=int, default=25, help="kernels listed per profile")
+    parser.add_argument("--by-shape", nargs="*", default=[], metavar="OP",
+                        help="also list these ops (e.g. aten::copy_) split by input shapes")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("profile_step.py needs a CUDA device", file=sys.stderr)
@@ -123,7 +131,8 @@ def main() -> int:
                 for bench in args.benches:
                     try:
                         tag = variant.replace("=", "").replace(",", "_")
-                        profile_model(name, bench, args.batch_size, args.out, tag, rows=args.rows)
+                        profile_model(name, bench, args.batch_size, args.out, tag, rows=args.rows,
+                                      by_shape=tuple(args.by_shape))
                     except Exception as exc:  # keep going: one failure should not cost the call
                         print(f"!!! {name} {bench} [{variant}]: {type(exc).__name__}: {exc}", flush=True)
         finally:

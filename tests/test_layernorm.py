@@ -159,6 +159,18 @@ SCRIPT = textwrap.dedent(
                          (mine.running_mean, ref.running_mean), (mine.running_var, ref.running_var)):
                 assert rel(a, b) < 1e-5, (shape, rel(a, b))
             assert int(mine.num_batches_tracked) == 1
+            # A conv bias left out (``shift``): same output and gradients as BatchNorm over x + shift, the running
+            # mean moved by it, and an exact zero gradient for it (the reference's is rounding noise)
+            shift = torch.linspace(-3, 3, C).requires_grad_(True)
+            ref_shift = shift.detach().clone().requires_grad_(True)
+            xa.grad = xb.grad = None
+            ya = batch_norm_relu(xa, mine, shift=shift)
+            yb = F.relu(ref(xb + ref_shift.view(1, -1, 1, 1)))
+            (ya * gy).sum().backward()
+            (yb * gy).sum().backward()
+            assert rel(ya, yb) < 1e-5 and rel(xa.grad, xb.grad) < 1e-5, (rel(ya, yb), rel(xa.grad, xb.grad))
+            assert rel(mine.running_mean, ref.running_mean) < 1e-5 and rel(mine.running_var, ref.running_var) < 1e-5
+            assert torch.equal(shift.grad, torch.zeros(C)) and ref_shift.grad.abs().max() < 1e-3
         assert batch_norm_relu(xa.detach().contiguous(), mine) is None  # NCHW: the caller's PyTorch ops
 
     # A whole model: fast path on (interpreter) and off give the same logits and gradients, first with the plain
@@ -217,24 +229,26 @@ SCRIPT = textwrap.dedent(
     gen = torch.Generator().manual_seed(11)  # own generator: later checks depend on the global RNG's state
     for B_, N_, G_, H_, D_, cfg in ((2, 196, 4, 4, 32, None), (2, 784, 8, 2, 32, None), (1, 49, 1, 8, 32, None),
                                     (2, 60, 1, 2, 16, None), (1, 300, 1, 2, 32, (64, 32, 4, 1)),
-                                    (2, 392, 2, 3, 48, (32, 64, 4, 2))):
+                                    (2, 392, 2, 3, 48, (32, 64, 4, 2)), (1, 98, 1, 2, 32, (32, 64, 4, 2))):
         qkv = torch.randn(B_, N_, 3 * H_ * D_, generator=gen).half()
         n_ = N_ // G_
         q_, k_, v_ = qkv.float().view(B_, G_, n_, 3, H_, D_).permute(3, 0, 1, 4, 2, 5).reshape(3, B_ * G_, H_, n_, D_)
         ref = F.scaled_dot_product_attention(q_, k_, v_, scale=D_**-0.5)
         ref = ref.reshape(B_, G_, H_, n_, D_).permute(0, 1, 3, 2, 4).reshape(B_, N_, H_ * D_)
-        assert rel(GA.group_attention(qkv, G_, H_, D_**-0.5, config=cfg), ref) < 2e-3, (N_, G_, cfg)
-        if n_ <= 128:  # the one-tile backward: d q/k/v against autograd through sdpa in float32
-            qf = qkv.float().requires_grad_(True)
-            q_, k_, v_ = qf.view(B_, G_, n_, 3, H_, D_).permute(3, 0, 1, 4, 2, 5).reshape(3, B_ * G_, H_, n_, D_)
-            ref = F.scaled_dot_product_attention(q_, k_, v_, scale=D_**-0.5)
-            do_ = torch.randn(B_, N_, H_ * D_, generator=gen).half()
-            ref.reshape(B_, G_, H_, n_, D_).permute(0, 1, 3, 2, 4).reshape(B_, N_, -1).backward(do_.float())
-            assert GA.backward_applies(qkv, G_, H_), (N_, G_)
-            got = GA.group_attention_backward(qkv, do_, G_, H_, D_**-0.5).view(B_, N_, 3, -1)
-            for i in range(3):  # dq, dk, dv: a swap of any two fails
-                assert rel(got[:, :, i], qf.grad.view(B_, N_, 3, -1)[:, :, i]) < 2e-3, (N_, G_, i)
-    assert not GA.backward_applies(torch.zeros(1, 392, 192).half(), 1, 2)  # longer than one tile: sdpa's backward
+        o_, lse_ = GA.group_attention(qkv, G_, H_, D_**-0.5, config=cfg, keep_lse=True)
+        assert rel(o_, ref) < 2e-3 and rel(GA.group_attention(qkv, G_, H_, D_**-0.5, config=cfg), o_) == 0, (N_, G_)
+        # The backward (one tile, or with a config the two launches over the forward's o and log-sum-exp): d q/k/v
+        # against autograd through sdpa in float32
+        qf = qkv.float().requires_grad_(True)
+        q_, k_, v_ = qf.view(B_, G_, n_, 3, H_, D_).permute(3, 0, 1, 4, 2, 5).reshape(3, B_ * G_, H_, n_, D_)
+        ref = F.scaled_dot_product_attention(q_, k_, v_, scale=D_**-0.5)
+        do_ = torch.randn(B_, N_, H_ * D_, generator=gen).half()
+        ref.reshape(B_, G_, H_, n_, D_).permute(0, 1, 3, 2, 4).reshape(B_, N_, -1).backward(do_.float())
+        got = GA.group_attention_backward(qkv, do_, G_, H_, D_**-0.5, o=o_, lse=lse_, config=cfg).view(B_, N_, 3, -1)
+        for i in range(3):  # dq, dk, dv: a swap of any two fails
+            assert rel(got[:, :, i], qf.grad.view(B_, N_, 3, -1)[:, :, i]) < 2e-3, (N_, G_, cfg, i)
+    assert GA.backward_applies(torch.zeros(1, 98, 192).half(), 1, 2)  # one tile
+    assert not GA.backward_applies(torch.zeros(1, 1000, 96).half(), 1, 2)  # long, not in BACKWARD_TILES: sdpa's
     assert GA.group_attention(torch.zeros(1, 1000, 96).half(), 1, 2, 0.1) is None  # long group, not in TILES: sdpa
     assert GA.group_attention(torch.zeros(1, 49, 72).half(), 1, 2, 0.1) is None  # 12-wide heads: sdpa
     assert GA.group_attention(torch.zeros(1, 49, 192), 1, 2, 0.1) is None  # float32: sdpa
@@ -267,7 +281,7 @@ SCRIPT = textwrap.dedent(
                               if not (n.startswith("patch_embed.conv") and n.endswith("bias"))}
 
     bwd_calls, plain_bwd = [], FU.group_attention_backward
-    FU.group_attention_backward = lambda *a: bwd_calls.append(1) or plain_bwd(*a)
+    FU.group_attention_backward = lambda *a, **k: bwd_calls.append(1) or plain_bwd(*a, **k)
     (ka, ga), (kb, gb) = run16("1"), run16("0")
     FU.group_attention_backward = plain_bwd
     assert len(bwd_calls) == 20, len(bwd_calls)  # every attention application: the Triton core and its backward

@@ -53,6 +53,6 @@ def test_padded_input_channels_change_nothing_in_float64(monkeypatch):
     padded = sret_module._padded_input(x, torch.float64)
     assert padded.shape == (2, 8, 24, 40) and padded.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(padded[:, :3], x) and not padded[:, 3:].any()
-    torch.testing.assert_close(stem._conv1(padded), stem.conv1(x), rtol=1e-10, atol=1e-12)  # the training path's conv
+    torch.testing.assert_close(stem._conv(padded, stem.conv1), stem.conv1(x), rtol=1e-10, atol=1e-12)  # training path
     monkeypatch.setenv("SRET_STEM_PAD", "0")
     assert sret_module._stem_pad(3) == 0

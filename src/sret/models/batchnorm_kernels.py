@@ -129,7 +129,8 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 class _BatchNormReLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float):
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                shift: Optional[torch.Tensor]):
         x2 = _rows(x)  # (M, C), a view: x is channels-last
         M, C = x2.shape
         block_m, block_c = _tiles(C)
@@ -150,7 +151,10 @@ class _BatchNormReLU(torch.autograd.Function):
                                    num_warps=4)
         ctx.save_for_backward(x, mean, rstd, w, b)
         ctx.weight_dtype = weight.dtype
+        ctx.shift = None if shift is None else (shift.shape, shift.dtype, shift.device)
         ctx.mark_non_differentiable(mean, var)
+        if shift is not None:  # the statistics of x + shift: the mean moves, the variance and the output do not
+            mean = mean + shift.float()
         return y, mean, var
 
     @staticmethod
@@ -170,17 +174,25 @@ class _BatchNormReLU(torch.autograd.Function):
         dx = torch.empty_like(x)
         _bn_relu_bwd_dx[(num_tiles,)](x2, dy2, _rows(dx), mean, rstd, w, b, sums[0], sums[1], M, C,
                                       BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
-        return dx, sums[1].to(ctx.weight_dtype), sums[0].to(ctx.weight_dtype), None
+        dshift = None if ctx.shift is None else torch.zeros(ctx.shift[0], dtype=ctx.shift[1], device=ctx.shift[2])
+        return dx, sums[1].to(ctx.weight_dtype), sums[0].to(ctx.weight_dtype), None, dshift
 
 
-def batch_norm_relu(x: torch.Tensor, bn: nn.BatchNorm2d) -> Optional[torch.Tensor]:
-    """``F.relu(bn(x))`` for a BatchNorm in training mode on channels-last ``x`` (B, C, H, W), running statistics
-    updated; None where the kernels do not apply."""
+def batch_norm_relu(x: torch.Tensor, bn: nn.BatchNorm2d,
+                    shift: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """``F.relu(bn(x + shift))`` for a BatchNorm in training mode on channels-last ``x`` (B, C, H, W), running
+    statistics updated; None where the kernels do not apply.
+
+    ``shift`` (C,) is a conv bias the caller left out: with batch statistics a per-channel constant in front of
+    BatchNorm cancels in the output and its gradient is exactly zero, so it only moves the running mean. Leaving it
+    out saves the bias add over the conv output and the bias gradient's reduction over it (each a pass over the
+    stem's largest maps). ``shift`` gets a zero gradient (not None: it stays a used parameter, as DDP expects).
+    """
     if (not _ln.fused_kernels_enabled(x) or not bn.training or not bn.track_running_stats or bn.momentum is None
             or not bn.affine or x.dim() != 4 or x.shape[1] > 256 or x.shape[0] * x.shape[2] * x.shape[3] < 2
             or not x.is_contiguous(memory_format=torch.channels_last)):
         return None
-    y, mean, var = _BatchNormReLU.apply(x, bn.weight, bn.bias, bn.eps)
+    y, mean, var = _BatchNormReLU.apply(x, bn.weight, bn.bias, bn.eps, shift)
     M = x.numel() // x.shape[1]
     with torch.no_grad():
         bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), bn.momentum)

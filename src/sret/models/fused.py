@@ -13,8 +13,8 @@ finishes the residual in the same pass (``dx += c1 * g``, ``dc1 = sum(g * x)``, 
 what is saved is chosen for memory: the residual input (shared with the previous sublayer's output), the
 LayerNorm statistics and the MLP's pre-activation (or the attention core's output and log-sum-exp). The LayerNorm
 output, the GELU and q/k/v are recomputed in backward, where the attention kernel's own backward runs: the Triton
-one of ``group_attention.py`` for groups of <= 128 tokens (it keeps only the output), else cuDNN's or flash
-attention's (where sdpa would run neither, q/k/v are kept instead and the core is re-run under autograd).
+one of ``group_attention.py`` for the groups it covers, else cuDNN's or flash attention's (where sdpa would run
+neither, q/k/v are kept instead and the core is re-run under autograd).
 Measured on an H100 (docs/perf_notes.md): SReT-T's training peak at batch 256 falls from 8.24 to 4.52 GiB.
 The forward of the MLP/NLL sublayers is one Triton launch where that was measured to pay (``sublayer_kernels.py``).
 
@@ -339,11 +339,12 @@ def _merge_heads(t: torch.Tensor, batch: int) -> torch.Tensor:
 class _AttnResidual(torch.autograd.Function):
     """``c1 * x + c2 * s * proj(attend(qkv(LN(x))))``; ``attend`` maps q/k/v (B, N, 3C) to (B, N, C).
 
-    In training, for groups of <= 128 tokens (``sdpa`` True, CUDA, no token gathers), the core is the Triton kernel
-    of ``group_attention.py`` and only its output is kept; the backward recomputes q/k/v (one GEMM on the LayerNorm
-    output it recomputes anyway) and d q/k/v come from one more launch. For longer groups, where sdpa would run
-    cuDNN's or flash attention, the core runs as that kernel's forward op and keeps its output and log-sum-exp, and
-    the backward calls the kernel's backward op directly on the recomputed q/k/v. Otherwise ``attend``
+    In training, for the groups ``group_attention.backward_applies`` to (``sdpa`` True, CUDA, no token gathers), the
+    core is the Triton kernel of ``group_attention.py``, which keeps its output and log-sum-exp; the backward
+    recomputes q/k/v (one GEMM on the LayerNorm output it recomputes anyway) and d q/k/v come from one or two more
+    launches. For other groups, where sdpa would run cuDNN's or flash attention, the core runs as that kernel's
+    forward op, keeps the same two tensors, and the backward calls that kernel's backward op directly on the
+    recomputed q/k/v. Otherwise ``attend``
     (grouping, permutation, attention kernel) is re-run in backward under autograd from the saved q/k/v. With
     ``width`` > 0 every head is carried ``width`` wide instead of ``C / heads``: the qkv weight and bias get zero
     rows and the proj weight zero columns there (see ``SlicedGroupAttention.attend``), so q/k/v come out of the GEMM
@@ -378,8 +379,10 @@ class _AttnResidual(torch.autograd.Function):
             if sdpa and (perm is None or shuffle_in_kernels):
                 # The Triton kernels, where they apply (inference: the shapes group_attention takes; training:
                 # groups that fit one tile, whose backward is one launch too); else sdpa's kernel, kept for backward
-                if not training or (backward_applies(qkv, groups, heads) and _direct_backward()):
+                if not training:
                     short = group_attention(qkv, groups, heads, attn_scale)
+                elif backward_applies(qkv, groups, heads) and _direct_backward():
+                    short, lse = group_attention(qkv, groups, heads, attn_scale, keep_lse=True) or (None, None)
                 if training and short is not None:
                     backend = "triton"
                 elif training:
@@ -406,8 +409,8 @@ class _AttnResidual(torch.autograd.Function):
         if shuffle_in_kernels and training:  # the backward's LayerNorm works in grid order: its statistics too
             mean = mean.view(B, N).index_select(1, inv_perm).view(-1)
             rstd = rstd.view(B, N).index_select(1, inv_perm).view(-1)
-        if backend == "triton":  # the output (for proj's weight gradient); the probabilities are recomputed
-            core = (bqkv16, o)
+        if backend == "triton":  # the output (proj's weight gradient, rowsum(do * o)) and the log-sum-exp
+            core = (bqkv16, o, lse)
         elif backend is not None:  # q/k/v are recomputed in backward from the LayerNorm output it recomputes anyway
             lse, seed, offset, ctx.max_q, ctx.max_k = state
             core = (bqkv16, o4, lse, seed, offset)
@@ -432,11 +435,12 @@ class _AttnResidual(torch.autograd.Function):
             g_s = g_s.to(dtype).index_select(1, perm)
         xn = None
         if backend == "triton":  # q/k/v recomputed (one GEMM), then one launch from (q/k/v, do) to d qkv
-            bqkv16, o = core
+            bqkv16, o, lse = core
             xn = _recompute_ln(x, ln_w, ln_b, ctx.eps, dtype, triton, perm if shuffled else None)
             qkv = torch.addmm(bqkv16, xn[:, :C], wqkv16.t()).view(B, N, -1)
             do, gwp = _projection_grads(g_s.view(B * N, C), o, wp_e, c2, dtype)
-            dqkv = group_attention_backward(qkv, do.view(B, N, -1), ctx.groups, heads, ctx.attn_scale)
+            dqkv = group_attention_backward(qkv, do.view(B, N, -1), ctx.groups, heads, ctx.attn_scale,
+                                            o=o.view(B, N, -1), lse=lse)
         elif backend is not None:  # the kept core: q/k/v recomputed (one GEMM), the fused kernel's own backward
             bqkv16, o4, lse, seed, offset = core
             xn = _recompute_ln(x, ln_w, ln_b, ctx.eps, dtype, triton, perm if shuffled else None)

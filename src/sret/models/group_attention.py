@@ -26,10 +26,12 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _group_attention_fwd(QKV, OUT, GROUP_N, C, qk_scale, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    def _group_attention_fwd(QKV, OUT, LSE, GROUP_N, C, qk_scale, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SAVE_LSE: tl.constexpr):
         """Program (group, head, query block): the group's GROUP_N tokens are rows group * GROUP_N ... of QKV (rows
-        of 3C, head ``head`` at columns head * D ...); ``qk_scale`` is the softmax scale times log2(e)."""
+        of 3C, head ``head`` at columns head * D ...); ``qk_scale`` is the softmax scale times log2(e). With
+        SAVE_LSE, each row's log-sum-exp of the scaled scores (log2 units) goes to LSE (tokens, heads) for the
+        backward of groups longer than one tile."""
         group = tl.program_id(0).to(tl.int64)
         head = tl.program_id(1)
         rows = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)  # query rows within the group
@@ -58,7 +60,8 @@ if triton is not None:
         o = acc / l_i[:, None]
         tok = group * GROUP_N + rows
         tl.store(OUT + tok[:, None] * C + head * D + cols[None, :], o.to(OUT.dtype.element_ty), mask=qmask)
-
+        if SAVE_LSE:
+            tl.store(LSE + tok * (C // D) + head, m_i + tl.log2(l_i), mask=rows < GROUP_N)
 
     @triton.jit
     def _group_attention_bwd(QKV, DO, DQKV, GROUP_N, C, scale, D: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -93,6 +96,81 @@ if triton is not None:
         tl.store(DQKV + src + 2 * C, dv.to(out), mask=mask)
 
 
+    @triton.jit
+    def _group_attention_bwd_dq(QKV, OUT, DO, LSE, DELTA, DQKV, GROUP_N, C, scale, D: tl.constexpr,
+                                BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Program (group, head, query block) of a group longer than one tile: dq over every key block, with the
+        probabilities recomputed from the forward's log-sum-exp. Also writes DELTA = rowsum(do * o) (tokens,
+        heads), which :func:`_group_attention_bwd_dkdv` reads: launch this one first."""
+        group = tl.program_id(0).to(tl.int64)
+        head = tl.program_id(1)
+        rows = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+        qvalid = rows < GROUP_N
+        cols = tl.arange(0, BLOCK_D)
+        cmask = cols < D
+        qmask = qvalid[:, None] & cmask[None, :]
+        tok = group * GROUP_N + rows
+        q = tl.load(QKV + tok[:, None] * (3 * C) + head * D + cols[None, :], mask=qmask, other=0.0)
+        do = tl.load(DO + tok[:, None] * C + head * D + cols[None, :], mask=qmask, other=0.0).to(q.dtype)
+        o = tl.load(OUT + tok[:, None] * C + head * D + cols[None, :], mask=qmask, other=0.0)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)  # (BLOCK_M,)
+        tl.store(DELTA + tok * (C // D) + head, delta, mask=qvalid)
+        lse = tl.load(LSE + tok * (C // D) + head, mask=qvalid, other=0.0)
+        dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        kv_base = QKV + group * GROUP_N * (3 * C) + head * D + cols[None, :]
+        for start in range(0, GROUP_N, BLOCK_N):
+            keys = start + tl.arange(0, BLOCK_N)
+            kvalid = keys < GROUP_N
+            kmask = kvalid[:, None] & cmask[None, :]
+            k = tl.load(kv_base + keys[:, None] * (3 * C) + C, mask=kmask, other=0.0)  # (BLOCK_N, BLOCK_D)
+            v = tl.load(kv_base + keys[:, None] * (3 * C) + 2 * C, mask=kmask, other=0.0)
+            s = tl.dot(q, tl.trans(k)) * (scale * 1.4426950408889634)  # (BLOCK_M, BLOCK_N), log2 units
+            p = tl.where(kvalid[None, :], tl.exp2(s - lse[:, None]), 0.0)  # the forward's probabilities
+            dp = tl.dot(do, tl.trans(v))
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(q.dtype), k)
+        tl.store(DQKV + tok[:, None] * (3 * C) + head * D + cols[None, :], (dq * scale).to(DQKV.dtype.element_ty),
+                 mask=qmask)
+
+    @triton.jit
+    def _group_attention_bwd_dkdv(QKV, DO, LSE, DELTA, DQKV, GROUP_N, C, scale, D: tl.constexpr,
+                                  BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Program (group, head, key block) of a group longer than one tile: dk and dv over every query block
+        (BLOCK_M queries a step), scores computed transposed (keys as rows) so both sums run along the loop."""
+        group = tl.program_id(0).to(tl.int64)
+        head = tl.program_id(1)
+        keys = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+        kvalid = keys < GROUP_N
+        cols = tl.arange(0, BLOCK_D)
+        cmask = cols < D
+        kmask = kvalid[:, None] & cmask[None, :]
+        ktok = group * GROUP_N + keys
+        kv_ptr = QKV + ktok[:, None] * (3 * C) + head * D + cols[None, :]
+        k = tl.load(kv_ptr + C, mask=kmask, other=0.0)  # (BLOCK_N, BLOCK_D)
+        v = tl.load(kv_ptr + 2 * C, mask=kmask, other=0.0)
+        dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        for start in range(0, GROUP_N, BLOCK_M):
+            rows = start + tl.arange(0, BLOCK_M)
+            qvalid = rows < GROUP_N
+            qmask = qvalid[:, None] & cmask[None, :]
+            tok = group * GROUP_N + rows
+            q = tl.load(QKV + tok[:, None] * (3 * C) + head * D + cols[None, :], mask=qmask, other=0.0)
+            do = tl.load(DO + tok[:, None] * C + head * D + cols[None, :], mask=qmask, other=0.0).to(q.dtype)
+            lse = tl.load(LSE + tok * (C // D) + head, mask=qvalid, other=0.0)
+            delta = tl.load(DELTA + tok * (C // D) + head, mask=qvalid, other=0.0)
+            s_t = tl.dot(k, tl.trans(q)) * (scale * 1.4426950408889634)  # (BLOCK_N, BLOCK_M), log2 units
+            p_t = tl.where(qvalid[None, :], tl.exp2(s_t - lse[None, :]), 0.0)
+            dv += tl.dot(p_t.to(q.dtype), do)
+            dp_t = tl.dot(v, tl.trans(do))
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk += tl.dot(ds_t.to(q.dtype), q)
+        out = DQKV.dtype.element_ty
+        dst = DQKV + ktok[:, None] * (3 * C) + head * D + cols[None, :]
+        tl.store(dst + C, (dk * scale).to(out), mask=kmask)
+        tl.store(dst + 2 * C, dv.to(out), mask=kmask)
+
+
 _HEAD_DIMS = range(16, 65, 8)  # head widths (multiples of 8: 16-byte rows); SReT-S's 42 is carried 48 wide
 _MAX_ONE_TILE = 128
 
@@ -120,53 +198,94 @@ def _config(n: int, width: int) -> Optional[tuple[int, int, int, int]]:
     return None
 
 
+def _supported(qkv: torch.Tensor, groups: int, heads: int) -> bool:
+    B, N, C3 = qkv.shape
+    D = C3 // (3 * heads)
+    return (_ln.fused_kernels_enabled(qkv) and qkv.dtype in (torch.bfloat16, torch.float16) and D in _HEAD_DIMS
+            and C3 == 3 * heads * D and N % groups == 0 and qkv.is_contiguous())
+
+
 def group_attention(qkv: torch.Tensor, groups: int, heads: int, scale: float,
-                    config: Optional[tuple[int, int, int, int]] = None) -> Optional[torch.Tensor]:
+                    config: Optional[tuple[int, int, int, int]] = None, keep_lse: bool = False):
     """Attention within ``groups`` contiguous chunks of the tokens of ``qkv`` (B, N, 3 * heads * D): (B, N, heads * D).
 
     ``config`` = (BLOCK_M, BLOCK_N, num_warps, num_stages) overrides the table (benchmarks, tests). None where the
     kernel does not apply (the caller runs sdpa): kernels off or not on CUDA / the interpreter, dtypes other than
     bf16 / fp16, head widths other than 16-64 in steps of 8, non-contiguous input, or a shape that is neither in
     :data:`TILES` nor one tile of a power-of-two head width.
+
+    ``keep_lse`` (training): return ``(out, lse)``, ``lse`` each row's log-sum-exp of the scaled scores in log2
+    units (B * N, heads), float32, which :func:`group_attention_backward` reads where it takes two launches.
     """
     B, N, C3 = qkv.shape
     C = C3 // 3
     D = C // heads
     n = N // groups
-    if (not _ln.fused_kernels_enabled(qkv) or qkv.dtype not in (torch.bfloat16, torch.float16)
-            or D not in _HEAD_DIMS or C3 != 3 * heads * D or N % groups or not qkv.is_contiguous()):
+    if not _supported(qkv, groups, heads):
         return None
     config = config or _config(n, D)
     if config is None:
         return None
     block_m, block_n, warps, stages = config
     out = torch.empty((B, N, C), device=qkv.device, dtype=qkv.dtype)
+    lse = torch.empty((B * N, heads), device=qkv.device, dtype=torch.float32) if keep_lse else out
     grid = (B * groups, heads, triton.cdiv(n, block_m))
-    _group_attention_fwd[grid](qkv, out, n, C, scale * 1.4426950408889634, D=D, BLOCK_D=triton.next_power_of_2(D),
-                               BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
-    return out
+    _group_attention_fwd[grid](qkv, out, lse, n, C, scale * 1.4426950408889634, D=D,
+                               BLOCK_D=triton.next_power_of_2(D), BLOCK_M=block_m, BLOCK_N=block_n,
+                               SAVE_LSE=keep_lse, num_warps=warps, num_stages=stages)
+    return (out, lse) if keep_lse else out
+
+
+# (tokens per group, head width) -> (BLOCK_M, BLOCK_N, num_warps, num_stages) of the two backward kernels: the
+# fastest config of ``benchmarks/attention_shapes.py --sweep-backward`` (forward with log-sum-exp + backward, against
+# cuDNN's kept core and, for groups of <= 128 tokens, the one-tile backward) where it won by >= 3 %; H100, bf16,
+# batch 256, CUDA-graph replays (run 36, ``benchmarks/results/attention_sweep_run36/``). Microseconds for forward +
+# backward in the comments: this config, cuDNN. Groups of <= 128 tokens not listed take the one-tile backward (98
+# tokens: 261 us, 49: 65 us, against cuDNN's 405 and 269); longer ones not listed keep cuDNN in training.
+BACKWARD_TILES: dict[tuple[int, int], tuple[int, int, int, int]] = {
+    (196, 32): (128, 64, 4, 3),  # 194.3 vs 270.9
+    (392, 32): (128, 64, 4, 3),  # 545.2 vs 748.9
+    (784, 32): (128, 64, 4, 3),  # 814.2 vs 1018.7 (sret_t_wo_slice)
+}
 
 
 def backward_applies(qkv: torch.Tensor, groups: int, heads: int) -> bool:
     """Whether :func:`group_attention_backward` covers this call: the conditions of :func:`group_attention`, and a
-    group that fits one tile (<= 128 tokens), where the probabilities are recomputed whole in backward."""
-    B, N, C3 = qkv.shape
-    D = C3 // (3 * heads)
-    return (_ln.fused_kernels_enabled(qkv) and qkv.dtype in (torch.bfloat16, torch.float16) and D in _HEAD_DIMS
-            and C3 == 3 * heads * D and N % groups == 0 and N // groups <= _MAX_ONE_TILE and qkv.is_contiguous())
+    group that fits one tile (<= 128 tokens: the probabilities are recomputed whole in backward) or a shape in
+    :data:`BACKWARD_TILES`."""
+    if not _supported(qkv, groups, heads):
+        return False
+    n, D = qkv.shape[1] // groups, qkv.shape[2] // (3 * heads)
+    return n <= _MAX_ONE_TILE or ((n, D) in BACKWARD_TILES and _config(n, D) is not None)
 
 
-def group_attention_backward(qkv: torch.Tensor, do: torch.Tensor, groups: int, heads: int,
-                             scale: float) -> torch.Tensor:
+def group_attention_backward(qkv: torch.Tensor, do: torch.Tensor, groups: int, heads: int, scale: float,
+                             o: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None,
+                             config: Optional[tuple[int, int, int, int]] = None) -> torch.Tensor:
     """d qkv (B, N, 3 * heads * D) of :func:`group_attention` for the output gradient ``do`` (B, N, heads * D), for
-    calls where :func:`backward_applies`: one launch, the gradient written straight in qkv's token layout."""
+    calls where :func:`backward_applies`, the gradient written straight in qkv's token layout. A group of <= 128
+    tokens not in :data:`BACKWARD_TILES` is one launch from q/k/v alone; otherwise (or with ``config``, the
+    (BLOCK_M, BLOCK_N, num_warps, num_stages) of both kernels) it takes the forward's output ``o`` (B, N, heads * D)
+    and ``lse`` (``keep_lse``) and two launches: dq (and rowsum(do * o)), then dk and dv."""
     B, N, C3 = qkv.shape
     C = C3 // 3
+    D = C // heads
     n = N // groups
     torch._assert(do.shape == (B, N, C) and do.is_contiguous(), "do must be contiguous (B, N, heads * D)")
     dqkv = torch.empty_like(qkv)
-    block = max(16, triton.next_power_of_2(n))
-    _group_attention_bwd[(B * groups, heads)](qkv, do, dqkv, n, C, scale, D=C // heads,
-                                              BLOCK_D=triton.next_power_of_2(C // heads), BLOCK_N=block,
-                                              num_warps=4 if block <= 64 else 8)
+    block_d = triton.next_power_of_2(D)
+    if config is None and n <= _MAX_ONE_TILE and (n, D) not in BACKWARD_TILES:
+        block = max(16, triton.next_power_of_2(n))
+        _group_attention_bwd[(B * groups, heads)](qkv, do, dqkv, n, C, scale, D=D, BLOCK_D=block_d, BLOCK_N=block,
+                                                  num_warps=4 if block <= 64 else 8)
+        return dqkv
+    block_m, block_n, warps, stages = config or BACKWARD_TILES[n, D]
+    torch._assert(o is not None and lse is not None, "groups longer than one tile need the forward's o and lse")
+    delta = torch.empty_like(lse)
+    _group_attention_bwd_dq[(B * groups, heads, triton.cdiv(n, block_m))](
+        qkv, o, do, lse, delta, dqkv, n, C, scale, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+        num_warps=warps, num_stages=stages)
+    _group_attention_bwd_dkdv[(B * groups, heads, triton.cdiv(n, block_n))](
+        qkv, do, lse, delta, dqkv, n, C, scale, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+        num_warps=warps, num_stages=stages)
     return dqkv

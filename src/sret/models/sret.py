@@ -72,26 +72,32 @@ class ConvStem(nn.Module):
                 x = _padded_input(x, fused.compute_dtype(x))  # (B, C_in + pad, H, W), channels-last
             else:
                 x = x.contiguous(memory_format=torch.channels_last)
-        x = self._bn_relu(self._conv1(x), self.bn1)  # (B, C/2, H/2, W/2)
-        x = self._bn_relu(self.conv2(x), self.bn2)  # (B, C, H/4, W/4)
-        return self._bn_relu(self.conv3(x), self.bn3)  # (B, C, H/8, W/8)
+        x = self._conv_bn_relu(x, self.conv1, self.bn1)  # (B, C/2, H/2, W/2)
+        x = self._conv_bn_relu(x, self.conv2, self.bn2)  # (B, C, H/4, W/4)
+        return self._conv_bn_relu(x, self.conv3, self.bn3)  # (B, C, H/8, W/8)
 
     @staticmethod
-    def _bn_relu(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
-        """``relu(bn(x))``; in eager training on CUDA two Triton passes each way (``batchnorm_kernels.py``)."""
-        if x.is_cuda and fused.fused_enabled():
-            out = batchnorm_kernels.batch_norm_relu(x, bn)
+    def _conv_bn_relu(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+        """``relu(bn(conv(x)))``; in eager training on CUDA the BatchNorm + ReLU are two Triton passes each way
+        (``batchnorm_kernels.py``), and the conv runs without its bias, which batch statistics cancel (the kernels
+        move the running mean by it instead): no bias add over the conv output, no bias-gradient reduction."""
+        kernels = x.is_cuda and fused.fused_enabled() and bn.training
+        y = ConvStem._conv(x, conv, bias=not kernels)
+        if kernels:
+            out = batchnorm_kernels.batch_norm_relu(y, bn, shift=conv.bias)
             if out is not None:
                 return out
-        return F.relu(bn(x))
+            if conv.bias is not None:  # the kernels declined: the bias as the conv adds it (in its output dtype)
+                y = y + conv.bias.to(y.dtype).view(1, -1, 1, 1)
+        return F.relu(bn(y))
 
-    def _conv1(self, x: torch.Tensor) -> torch.Tensor:
-        """``conv1``, also over images carrying zero-padded channels (see :func:`_stem_pad`): zero weights there."""
-        extra = x.shape[1] - self.conv1.in_channels
-        if extra == 0:
-            return self.conv1(x)
-        w = F.pad(self.conv1.weight, (0, 0, 0, 0, 0, extra))  # (C_out, C_in + extra, 3, 3)
-        return F.conv2d(x, w, self.conv1.bias, self.conv1.stride, self.conv1.padding)
+    @staticmethod
+    def _conv(x: torch.Tensor, conv: nn.Conv2d, bias: bool = True) -> torch.Tensor:
+        """``conv(x)`` (without its bias if ``bias`` is False), also over images carrying zero-padded channels (see
+        :func:`_stem_pad`): zero weights there."""
+        extra = x.shape[1] - conv.in_channels
+        w = conv.weight if extra == 0 else F.pad(conv.weight, (0, 0, 0, 0, 0, extra))  # (C_out, C_in + extra, 3, 3)
+        return F.conv2d(x, w, conv.bias if bias else None, conv.stride, conv.padding)
 
     def folded(self) -> List[Tuple[torch.Tensor, torch.Tensor, nn.Conv2d]]:
         """Each conv with its eval-mode BatchNorm folded in, computed in float32 (or the weights' wider dtype).
