@@ -102,6 +102,16 @@ SCRIPT = textwrap.dedent(
         hh, da = torch.randn(37, 230, generator=gen) * 3, torch.randn(37, 230, generator=gen)
         a, dh = K.gelu_and_grad(hh, da)
         assert rel(a, F.gelu(hh)) < 1e-6 and rel(dh, torch.ops.aten.gelu_backward(da, hh)) < 1e-6
+        # ... and with da = g @ (c2 * w2) computed in the same launch (float16; C = 126 leaves a partial K block)
+        for M_, C_, HW_, cfg in ((100, 64, 96, (64, 64, 32, 4, 2)), (70, 126, 128, (64, 64, 64, 4, 2))):
+            g16 = torch.randn(M_, C_, generator=gen).half()
+            w2, c2 = torch.randn(C_, HW_, generator=gen) * C_**-0.5, torch.full((1,), 0.7)
+            h16 = (torch.randn(M_, HW_, generator=gen) * 2).half()
+            da16 = torch.mm(g16.float(), (w2 * c2).half().float()).half()  # the unfused mm's rounding
+            a, dh = K.da_gelu_and_grad(g16, w2, c2, h16, config=cfg)
+            assert rel(a, F.gelu(h16.float())) < 2e-3 and rel(dh, torch.ops.aten.gelu_backward(da16.float(),
+                                                                                           h16.float())) < 2e-3
+        assert K.da_gelu_and_grad(g16, w2, c2, h16) is None  # not a tuned shape: the caller's two launches
         # Tokens reordered inside the kernels (sliced attention at inference): the LayerNorm reads the rows of each
         # sample in the order perm, the residual reads y back through the inverse.
         perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))  # leaves the global RNG as it was

@@ -235,8 +235,11 @@ class _MlpResidual(torch.autograd.Function):
         # gelu(h) is recomputed (saving it would double the MLP's saved bytes); d fc2-input first, then the
         # activation and its gradient in one pass over h where the kernels run
         g16 = g_s.view(B * N, C).to(dtype)
-        da = _projection_input_grad(g16, w2, c2, dtype)
-        fused = _kernels.gelu_and_grad(h, da)
+        # the d fc2-input GEMM with the activation pass as its epilogue (tuned shapes), else the two launches
+        fused = _kernels.da_gelu_and_grad(g16, w2, c2, h) if triton else None
+        if fused is None:
+            da = _projection_input_grad(g16, w2, c2, dtype)
+            fused = _kernels.gelu_and_grad(h, da)
         if fused is not None:
             a, dh = fused
         else:

@@ -215,6 +215,35 @@ if triton is not None:
         tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
 
+    @triton.jit
+    def _da_gelu_bwd(G, W, H, A, DH, M, C, HW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+        """The MLP backward's ``da = g @ W`` (g (M, C), W (C, HW) row-major, both in the compute dtype) for a
+        (BLOCK_M, BLOCK_N) tile, with the GELU pass as its epilogue: ``a = gelu(h)`` and ``dh = gelu'(h) * da``
+        written, da itself never stored. da is rounded to the compute dtype first, as the unfused mm returns it."""
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < M
+        nmask = cols < HW
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, C, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            kmask = ks < C
+            g = tl.load(G + rows[:, None].to(tl.int64) * C + ks[None, :], mask=rmask[:, None] & kmask[None, :],
+                        other=0.0)
+            w = tl.load(W + ks[:, None] * HW + cols[None, :], mask=kmask[:, None] & nmask[None, :], other=0.0)
+            acc += tl.dot(g, w)
+        dt = A.dtype.element_ty
+        da = acc.to(dt).to(tl.float32)
+        offs = rows[:, None].to(tl.int64) * HW + cols[None, :]
+        mask = rmask[:, None] & nmask[None, :]
+        h = tl.load(H + offs, mask=mask, other=0.0).to(tl.float32)
+        cdf = 0.5 * (1.0 + tl.erf(h * 0.7071067811865476))
+        pdf = tl.exp(-0.5 * h * h) * 0.3989422804014327
+        tl.store(A + offs, (h * cdf).to(dt), mask=mask)
+        tl.store(DH + offs, (da * (cdf + h * pdf)).to(DH.dtype.element_ty), mask=mask)
+
+
 _GEMM_PAD = 64  # K dimensions (C, H) are padded to a multiple of this: every BLOCK_K used divides it
 
 
@@ -394,6 +423,45 @@ def gelu_and_grad(h: torch.Tensor, da: torch.Tensor) -> Optional[tuple[torch.Ten
     a, dh = torch.empty_like(h), torch.empty_like(da)
     n, block = h.numel(), 4096
     _gelu_and_grad[(triton.cdiv(n, block),)](h, da, a, dh, n, BLOCK=block, num_warps=8)
+    return a, dh
+
+
+# (C, hidden width of the saved h) -> (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) of ``_da_gelu_bwd``: shapes
+# where the GEMM with the GELU pass as its epilogue beat cuBLAS's mm followed by :func:`gelu_and_grad` by >= 3 %
+# (``benchmarks/sweep_da_gelu.py``, H100, bf16, batch 256, CUDA-graph replays, run 39,
+# ``benchmarks/results/sweep_da_gelu_run39/``). Microseconds in the comments: this config, mm + gelu_and_grad. Shapes
+# not listed take the two launches (SReT-S's last stage lost: 91 vs 70 and 240 vs 103 us).
+DA_GELU_TILES: dict[tuple[int, int], tuple[int, int, int, int, int]] = {
+    (64, 256): (64, 64, 64, 8, 2),    # T stage 0 MLP: 161.6 vs 193.6
+    (64, 64): (64, 64, 64, 8, 2),     # T stage 0 NLL: 44.2 vs 61.5
+    (128, 512): (64, 64, 64, 8, 2),   # T stage 1 MLP: 92.7 vs 104.0
+    (128, 128): (64, 64, 64, 8, 2),   # T stage 1 NLL: 28.4 vs 32.6
+    (256, 960): (64, 64, 64, 4, 3),   # T stage 2 MLP: 51.2 vs 57.3
+    (126, 384): (64, 128, 64, 8, 2),  # S stage 0 MLP: 310.8 vs 368.8
+    (126, 256): (64, 128, 64, 8, 2),  # S stage 0 NLL: 206.7 vs 246.5
+    (252, 512): (64, 128, 64, 8, 2),  # S stage 1 NLL: 143.1 vs 148.9
+}
+
+
+def da_gelu_and_grad(g16: torch.Tensor, w2: torch.Tensor, c2: Optional[torch.Tensor], h: torch.Tensor,
+                     config: Optional[tuple[int, int, int, int, int]] = None):
+    """``(gelu(h), gelu'(h) * (g16 @ (c2 * w2)))`` in one launch for g16 (M, C) in the compute dtype, fc2's weight
+    w2 (C, HW) and h (M, HW): the MLP backward's d fc2-input GEMM with the activation pass as its epilogue, so the
+    (M, HW) gradient of the activation is never written and read back. ``config`` overrides
+    :data:`DA_GELU_TILES`. None where the kernels do not apply or the shape is not in the table (the caller runs
+    mm + :func:`gelu_and_grad`)."""
+    M, C = g16.shape
+    HW = h.shape[1]
+    config = config or DA_GELU_TILES.get((C, HW))
+    if (config is None or not _ln.fused_kernels_enabled(h) or g16.dtype != h.dtype or w2.shape != (C, HW)
+            or h.shape[0] != M or not (g16.is_contiguous() and h.is_contiguous())):
+        return None
+    w = (w2 * c2 if c2 is not None else w2).to(h.dtype).contiguous()  # as the unfused mm's operand
+    block_m, block_n, block_k, warps, stages = config
+    a, dh = torch.empty_like(h), torch.empty_like(h)
+    _da_gelu_bwd[(triton.cdiv(M, block_m), triton.cdiv(HW, block_n))](
+        g16, w, h, a, dh, M, C, HW, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        num_stages=stages)
     return a, dh
 
 

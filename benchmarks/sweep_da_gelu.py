@@ -1,0 +1,65 @@
+"""Tile sweep of the MLP backward's d fc2-input GEMM with the GELU pass as its epilogue (``_da_gelu_bwd``).
+
+For each MLP / NLL shape of SReT-T and SReT-S in training (batch 256; the hidden width as the forward kernels save
+h), times cuBLAS's ``mm`` followed by ``gelu_and_grad`` (what the backward runs without the table entry) against
+``da_gelu_and_grad`` in every tile config, each checked against the unfused pair, as CUDA-graph replays; prints the
+``DA_GELU_TILES`` entries that win by >= 3 %.
+
+    PYTHONPATH=src python3 benchmarks/sweep_da_gelu.py
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from triton.testing import do_bench_cudagraph
+
+from sret.models import sublayer_kernels as K
+
+BATCH = 256
+# (tokens per image, C, hidden width of the saved h): SReT-T, then SReT-S
+SHAPES = [(784, 64, 256), (784, 64, 64), (196, 128, 512), (196, 128, 128), (49, 256, 960), (49, 256, 256),
+          (784, 126, 384), (784, 126, 256), (196, 252, 768), (196, 252, 512), (49, 504, 1024), (49, 504, 1512)]
+CONFIGS = list(itertools.product((64, 128), (64, 128), (32, 64), (4, 8), (2, 3)))
+
+
+def main() -> None:
+    print(torch.cuda.get_device_name(), torch.__version__)
+    print(f"{'tokens':>6} {'C':>4} {'HW':>5} {'mm+pass us':>10} {'best us':>8}  "
+          "best (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)")
+    entries = []
+    for tokens, C, HW in SHAPES:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        M = BATCH * tokens
+        g16 = torch.randn(M, C, device="cuda", generator=gen).bfloat16()
+        w2 = torch.randn(C, HW, device="cuda", generator=gen) * C**-0.5
+        c2 = torch.full((1,), 0.7, device="cuda")
+        h = torch.randn(M, HW, device="cuda", generator=gen).bfloat16()
+
+        def unfused():
+            return K.gelu_and_grad(h, torch.mm(g16, (w2 * c2).to(torch.bfloat16)))
+
+        ref_a, ref_dh = (t.float() for t in unfused())
+        base_us = do_bench_cudagraph(unfused) * 1e3
+        best = (float("inf"), None)
+        for cfg in CONFIGS:
+            try:
+                a, dh = K.da_gelu_and_grad(g16, w2, c2, h, config=cfg)
+            except Exception as err:  # noqa: BLE001 - tiles too large for this GPU: skip the config
+                print(f"   {cfg}: {type(err).__name__}")
+                continue
+            err_a = (a.float() - ref_a).abs().max().item()
+            err_dh = ((dh.float() - ref_dh).norm() / ref_dh.norm()).item()
+            if err_a > 0 or err_dh > 1e-2:
+                raise SystemExit(f"config {cfg} for {(tokens, C, HW)}: a differs by {err_a}, dh by {err_dh:.2e}")
+            best = min(best, (do_bench_cudagraph(lambda: K.da_gelu_and_grad(g16, w2, c2, h, config=cfg)) * 1e3, cfg))
+        print(f"{tokens:6d} {C:4d} {HW:5d} {base_us:10.1f} {best[0]:8.1f}  {best[1]}", flush=True)
+        if best[0] <= 0.97 * base_us:
+            entries.append(f"    ({C}, {HW}): {best[1]},  # {best[0]:.1f} vs {base_us:.1f}")
+    print("DA_GELU_TILES entries (>= 3 % faster than mm + gelu_and_grad):")
+    print("\n".join(entries) or "    (none)")
+
+
+if __name__ == "__main__":
+    main()
