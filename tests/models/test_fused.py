@@ -179,3 +179,20 @@ def test_inference_does_not_keep_what_only_backward_needs(monkeypatch):
         p.requires_grad_(False)
     model(x).sum().backward()  # only the input needs a gradient: still a graph to build
     assert all(saves) and x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_backward_kernel_table_has_no_unreachable_shapes():
+    """Every ``DA_GELU_TILES`` key is a (C, width of the saved h) that some variant's MLP or NLL produces in training:
+    an entry keyed on a width the forward never saves (e.g. H rounded to the wrong tile) would silently never run."""
+    import sret
+    from sret.models import sublayer_kernels as K
+
+    reachable = set()
+    for name in ("sret_t", "sret_lt", "sret_s"):
+        model = sret.create_model(name)
+        for module_name, module in model.named_modules():
+            if module_name.endswith("fc1"):
+                C, H = module.in_features, module.out_features
+                reachable.add((C, K.saved_hidden_width(C, H)))
+    assert set(K.DA_GELU_TILES) <= reachable, set(K.DA_GELU_TILES) - reachable
+    assert K.saved_hidden_width(128, 460) == 480  # SReT-T stage 1: the one-launch kernel's 32-wide tiles

@@ -430,17 +430,29 @@ def gelu_and_grad(h: torch.Tensor, da: torch.Tensor) -> Optional[tuple[torch.Ten
 # where the GEMM with the GELU pass as its epilogue beat cuBLAS's mm followed by :func:`gelu_and_grad` by >= 3 %
 # (``benchmarks/sweep_da_gelu.py``, H100, bf16, batch 256, CUDA-graph replays, run 39,
 # ``benchmarks/results/sweep_da_gelu_run39/``). Microseconds in the comments: this config, mm + gelu_and_grad. Shapes
-# not listed take the two launches (SReT-S's last stage lost: 91 vs 70 and 240 vs 103 us).
+# not listed take the two launches (SReT-S's last stage lost: 91 vs 70 and 240 vs 103 us; SReT-T's stage-1 MLP, whose
+# h is 480 wide, lost too: 100.9 vs 98.1 us, run 40, ``benchmarks/results/ab_run40_da_gelu_t1/``).
 DA_GELU_TILES: dict[tuple[int, int], tuple[int, int, int, int, int]] = {
     (64, 256): (64, 64, 64, 8, 2),    # T stage 0 MLP: 161.6 vs 193.6
     (64, 64): (64, 64, 64, 8, 2),     # T stage 0 NLL: 44.2 vs 61.5
-    (128, 512): (64, 64, 64, 8, 2),   # T stage 1 MLP: 92.7 vs 104.0
     (128, 128): (64, 64, 64, 8, 2),   # T stage 1 NLL: 28.4 vs 32.6
     (256, 960): (64, 64, 64, 4, 3),   # T stage 2 MLP: 51.2 vs 57.3
     (126, 384): (64, 128, 64, 8, 2),  # S stage 0 MLP: 310.8 vs 368.8
     (126, 256): (64, 128, 64, 8, 2),  # S stage 0 NLL: 206.7 vs 246.5
     (252, 512): (64, 128, 64, 8, 2),  # S stage 1 NLL: 143.1 vs 148.9
 }
+
+
+def saved_hidden_width(C: int, H: int) -> int:
+    """The width of the fc1 output ``h`` that a training forward (``save``) of an MLP sublayer with C channels and
+    H hidden units keeps: H rounded up to the tile of the path :func:`mlp_residual_forward` takes (H itself on the
+    PyTorch path). The backward's kernels are tuned for (C, this width)."""
+    pw_config = PW_TILES.get((C, H, True))
+    if pw_config is not None:
+        return -(-H // pw_config[1]) * pw_config[1]
+    if (C, H, True) in GEMM_TILES:
+        return -(-H // _GEMM_PAD) * _GEMM_PAD
+    return H
 
 
 def da_gelu_and_grad(g16: torch.Tensor, w2: torch.Tensor, c2: Optional[torch.Tensor], h: torch.Tensor,
