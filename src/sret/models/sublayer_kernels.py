@@ -431,10 +431,12 @@ def gelu_and_grad(h: torch.Tensor, da: torch.Tensor) -> Optional[tuple[torch.Ten
 # (``benchmarks/sweep_da_gelu.py``, H100, bf16, batch 256, CUDA-graph replays, run 39,
 # ``benchmarks/results/sweep_da_gelu_run39/``). Microseconds in the comments: this config, mm + gelu_and_grad. Shapes
 # not listed take the two launches (SReT-S's last stage lost: 91 vs 70 and 240 vs 103 us; SReT-T's stage-1 MLP, whose
-# h is 480 wide, lost too: 100.9 vs 98.1 us, run 40, ``benchmarks/results/ab_run40_da_gelu_t1/``).
+# h is 480 wide, lost too: 100.9 vs 98.1 us, run 40, ``benchmarks/results/ab_run40_da_gelu_t1/``). The (128, 512)
+# entry was swept as SReT-T's by mistake (run 39); that shape is SReT-LT's, whose whole step was not measured.
 DA_GELU_TILES: dict[tuple[int, int], tuple[int, int, int, int, int]] = {
     (64, 256): (64, 64, 64, 8, 2),    # T stage 0 MLP: 161.6 vs 193.6
     (64, 64): (64, 64, 64, 8, 2),     # T stage 0 NLL: 44.2 vs 61.5
+    (128, 512): (64, 64, 64, 8, 2),   # LT stage 1 MLP (ratio 4, the PyTorch forward: h 512 wide): 92.7 vs 104.0
     (128, 128): (64, 64, 64, 8, 2),   # T stage 1 NLL: 28.4 vs 32.6
     (256, 960): (64, 64, 64, 4, 3),   # T stage 2 MLP: 51.2 vs 57.3
     (126, 384): (64, 128, 64, 8, 2),  # S stage 0 MLP: 310.8 vs 368.8
