@@ -378,21 +378,21 @@ class _AttnResidual(torch.autograd.Function):
                 xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)
             wqkv16, bqkv16 = wqkv_e.to(dtype), bqkv_e.to(dtype)  # kept for backward: no second cast there
             qkv = torch.addmm(bqkv16, xn, wqkv16.t()).view(B, N, -1)  # (B, N, 3 * heads * D)
-            backend = short = None
+            backend = grouped = None
             if sdpa and (perm is None or shuffle_in_kernels):
-                # The Triton kernels, where they apply (inference: the shapes group_attention takes; training:
-                # groups that fit one tile, whose backward is one launch too); else sdpa's kernel, kept for backward
+                # The Triton kernels where they apply (inference: the shapes group_attention takes; training: those
+                # whose backward group_attention_backward covers too); else sdpa's kernel, kept for backward
                 if not training:
-                    short = group_attention(qkv, groups, heads, attn_scale)
+                    grouped = group_attention(qkv, groups, heads, attn_scale)
                 elif backward_applies(qkv, groups, heads) and _direct_backward():
-                    short, lse = group_attention(qkv, groups, heads, attn_scale, keep_lse=True) or (None, None)
-                if training and short is not None:
+                    grouped, lse = group_attention(qkv, groups, heads, attn_scale, keep_lse=True) or (None, None)
+                if training and grouped is not None:
                     backend = "triton"
                 elif training:
                     q, k, v = split_qkv(qkv, groups, heads)  # each (B*G, heads, n, D), views of qkv
                     backend = _attention_backend(q, k, v, attn_scale)
-            if short is not None:
-                o = short.view(B * N, -1)  # (B*N, heads * D), in qkv's token order (shuffled if the LayerNorm was)
+            if grouped is not None:
+                o = grouped.view(B * N, -1)  # (B*N, heads * D), in qkv's token order (shuffled if the LayerNorm was)
             elif backend is not None:  # the core's output and log-sum-exp are kept: no re-run in backward
                 o4, state = _attention_forward(q, k, v, attn_scale, backend)
                 o = _merge_heads(o4, B).reshape(B * N, -1)  # (B*N, heads * D), shuffled if the LayerNorm shuffled
@@ -437,7 +437,7 @@ class _AttnResidual(torch.autograd.Function):
         if shuffled:  # the branch's incoming gradient in the same order (cast first: half the bytes to gather)
             g_s = g_s.to(dtype).index_select(1, perm)
         xn = None
-        if backend == "triton":  # q/k/v recomputed (one GEMM), then one launch from (q/k/v, do) to d qkv
+        if backend == "triton":  # q/k/v recomputed (one GEMM), then one or two launches from (q/k/v, do) to d qkv
             bqkv16, o, lse = core
             xn = _recompute_ln(x, ln_w, ln_b, ctx.eps, dtype, triton, perm if shuffled else None)
             qkv = torch.addmm(bqkv16, xn[:, :C], wqkv16.t()).view(B, N, -1)

@@ -94,8 +94,11 @@ class ConvStem(nn.Module):
     @staticmethod
     def _conv(x: torch.Tensor, conv: nn.Conv2d, bias: bool = True) -> torch.Tensor:
         """``conv(x)`` (without its bias if ``bias`` is False), also over images carrying zero-padded channels (see
-        :func:`_stem_pad`): zero weights there."""
+        :func:`_stem_pad`): zero weights there. Those two cases call ``F.conv2d`` directly, so the conv module's
+        forward hooks do not see them (eager CUDA training with the fused kernels)."""
         extra = x.shape[1] - conv.in_channels
+        if extra == 0 and bias:
+            return conv(x)  # the module itself: its hooks run as they did
         w = conv.weight if extra == 0 else F.pad(conv.weight, (0, 0, 0, 0, 0, extra))  # (C_out, C_in + extra, 3, 3)
         return F.conv2d(x, w, conv.bias if bias else None, conv.stride, conv.padding)
 
