@@ -112,6 +112,15 @@ SCRIPT = textwrap.dedent(
             assert rel(a, F.gelu(h16.float())) < 2e-3 and rel(dh, torch.ops.aten.gelu_backward(da16.float(),
                                                                                            h16.float())) < 2e-3
         assert K.da_gelu_and_grad(g16, w2, c2, h16) is None  # not a tuned shape: the caller's two launches
+        # The width DA_GELU_TILES is keyed on: saved_hidden_width restates the forward's padding rule, so pin it to
+        # the h the forward really saves, for every tuned training shape
+        for C_, H_, save in sorted(K.PW_TILES.keys() | K.GEMM_TILES.keys()):
+            if save:
+                h_ = K.mlp_residual_forward(torch.randn(1, 4, C_, generator=gen), torch.ones(C_), torch.zeros(C_),
+                                            torch.randn(H_, C_, generator=gen), torch.zeros(H_),
+                                            torch.randn(C_, H_, generator=gen), torch.zeros(C_), None, None, None,
+                                            1e-6, torch.float16, True)[1]
+                assert h_.shape[1] == K.saved_hidden_width(C_, H_), (C_, H_, h_.shape)
         # Tokens reordered inside the kernels (sliced attention at inference): the LayerNorm reads the rows of each
         # sample in the order perm, the residual reads y back through the inverse.
         perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))  # leaves the global RNG as it was
@@ -258,6 +267,7 @@ SCRIPT = textwrap.dedent(
         for i in range(3):  # dq, dk, dv: a swap of any two fails
             assert rel(got[:, :, i], qf.grad.view(B_, N_, 3, -1)[:, :, i]) < 2e-3, (N_, G_, cfg, i)
     assert GA.backward_applies(torch.zeros(1, 98, 192).half(), 1, 2)  # one tile
+    assert not GA.backward_applies(torch.zeros(1, 98, 432).half(), 1, 3)  # 48-wide heads in 98: the forward declines
     assert not GA.backward_applies(torch.zeros(1, 1000, 96).half(), 1, 2)  # long, not in BACKWARD_TILES: sdpa's
     assert GA.group_attention(torch.zeros(1, 1000, 96).half(), 1, 2, 0.1) is None  # long group, not in TILES: sdpa
     assert GA.group_attention(torch.zeros(1, 49, 72).half(), 1, 2, 0.1) is None  # 12-wide heads: sdpa

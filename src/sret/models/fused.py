@@ -385,7 +385,7 @@ class _AttnResidual(torch.autograd.Function):
                 if not training:
                     grouped = group_attention(qkv, groups, heads, attn_scale)
                 elif backward_applies(qkv, groups, heads) and _direct_backward():
-                    grouped, lse = group_attention(qkv, groups, heads, attn_scale, keep_lse=True) or (None, None)
+                    grouped, lse = group_attention(qkv, groups, heads, attn_scale, keep_lse=True)
                 if training and grouped is not None:
                     backend = "triton"
                 elif training:

@@ -250,13 +250,13 @@ BACKWARD_TILES: dict[tuple[int, int], tuple[int, int, int, int]] = {
 
 
 def backward_applies(qkv: torch.Tensor, groups: int, heads: int) -> bool:
-    """Whether :func:`group_attention_backward` covers this call: the conditions of :func:`group_attention`, and a
-    group that fits one tile (<= 128 tokens: the probabilities are recomputed whole in backward) or a shape in
-    :data:`BACKWARD_TILES`."""
+    """Whether :func:`group_attention` and :func:`group_attention_backward` cover this call: the forward's
+    conditions, and a group that fits one tile (<= 128 tokens: the probabilities are recomputed whole in backward)
+    or a shape in :data:`BACKWARD_TILES`."""
     if not _supported(qkv, groups, heads):
         return False
     n, D = qkv.shape[1] // groups, qkv.shape[2] // (3 * heads)
-    return n <= _MAX_ONE_TILE or ((n, D) in BACKWARD_TILES and _config(n, D) is not None)
+    return _config(n, D) is not None and (n <= _MAX_ONE_TILE or (n, D) in BACKWARD_TILES)
 
 
 def group_attention_backward(qkv: torch.Tensor, do: torch.Tensor, groups: int, heads: int, scale: float,
