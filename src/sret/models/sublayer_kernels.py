@@ -49,14 +49,20 @@ if triton is not None:
         return 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
 
     @triton.jit
+    def _gelu_parts(h):
+        """``(Phi(h), phi(h))`` of a float32 tile: gelu(h) = h * Phi(h), gelu'(h) = Phi(h) + h * phi(h)."""
+        cdf = 0.5 * (1.0 + tl.erf(h * 0.7071067811865476))
+        pdf = tl.exp(-0.5 * h * h) * 0.3989422804014327  # the standard normal density
+        return cdf, pdf
+
+    @triton.jit
     def _gelu_and_grad(H, DA, A, DH, n, BLOCK: tl.constexpr):
         """``a = gelu(h)`` and ``dh = gelu'(h) * da`` in one pass (the MLP backward needs both, from the same h)."""
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         m = offs < n
         h = tl.load(H + offs, mask=m, other=0.0).to(tl.float32)
         da = tl.load(DA + offs, mask=m, other=0.0).to(tl.float32)
-        cdf = 0.5 * (1.0 + tl.erf(h * 0.7071067811865476))
-        pdf = tl.exp(-0.5 * h * h) * 0.3989422804014327  # the standard normal density
+        cdf, pdf = _gelu_parts(h)
         tl.store(A + offs, (h * cdf).to(A.dtype.element_ty), mask=m)
         tl.store(DH + offs, (da * (cdf + h * pdf)).to(DH.dtype.element_ty), mask=m)
 
@@ -238,8 +244,7 @@ if triton is not None:
         offs = rows[:, None].to(tl.int64) * HW + cols[None, :]
         mask = rmask[:, None] & nmask[None, :]
         h = tl.load(H + offs, mask=mask, other=0.0).to(tl.float32)
-        cdf = 0.5 * (1.0 + tl.erf(h * 0.7071067811865476))
-        pdf = tl.exp(-0.5 * h * h) * 0.3989422804014327
+        cdf, pdf = _gelu_parts(h)
         tl.store(A + offs, (h * cdf).to(dt), mask=mask)
         tl.store(DH + offs, (da * (cdf + h * pdf)).to(DH.dtype.element_ty), mask=mask)
 
