@@ -1,7 +1,8 @@
 """Kernel-level profile of eager SReT steps, plus the stem's BatchNorm layouts: where does a step's time go?
 
-Prints, per model and kind of step, the CPU and GPU time of one step, the number of aten ops launched per step, and
-the kernels with the most GPU self time; then times the conv stem's forward + backward in NCHW and channels-last
+Prints, per model (sret's or timm's) and kind of step, the wall time of unprofiled steps, the CPU and GPU time of one
+step, the number of aten ops launched per step, and the kernels with the most GPU self time (``--compile``: of the
+compiled model); then times the conv stem's forward + backward in NCHW and channels-last
 (its bf16 NCHW BatchNorm backward was the largest single kernel of the run-1 training profile).
 
     PYTHONPATH=src python3 benchmarks/profile_step.py --out $OUT --models sret_t sret_t_wo_slice
@@ -15,9 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Optional
 
 import torch
+import timm
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
@@ -52,13 +56,25 @@ def make_step(model: torch.nn.Module, bench: str, batch: int):
     return step
 
 
+def _model(name: str):
+    return sret.create_model(name) if name in sret.list_models() else timm.create_model(name)
+
+
 def profile_model(name: str, bench: str, batch: int, out: Path, tag: str, steps: int = 3, rows: int = 25,
-                  by_shape: tuple[str, ...] = ()) -> None:
-    model = sret.create_model(name).cuda().train(bench == "train")
+                  by_shape: tuple[str, ...] = (), compile_mode: Optional[str] = None) -> None:
+    model = _model(name).cuda().train(bench == "train")
+    if compile_mode is not None:  # "default" or a torch.compile mode; profiled after the compilation (warm-up)
+        model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
+        tag = f"{tag}_compile_{compile_mode}"
     step = make_step(model, bench, batch)
     for _ in range(3):
         step()
     torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):  # wall time of a step without the profiler: against its GPU time, is the host the bound?
+        step()
+    torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - t0) * 1e3 / 10
     torch.cuda.reset_peak_memory_stats()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=bool(by_shape)) as p:
         for _ in range(steps):
@@ -70,7 +86,8 @@ def profile_model(name: str, bench: str, batch: int, out: Path, tag: str, steps:
     cpu_ms = sum(e.self_cpu_time_total for e in events) / 1e3 / steps
     gpu_ms = sum(e.self_device_time_total for e in events) / 1e3 / steps
     table = events.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=70)
-    head = (f"=== {name} {bench} [{tag}] per step: CPU self {cpu_ms:.1f} ms, GPU self {gpu_ms:.1f} ms, "
+    head = (f"=== {name} {bench} [{tag}] per step: wall {wall_ms:.2f} ms unprofiled, CPU self {cpu_ms:.1f} ms, "
+            f"GPU self {gpu_ms:.1f} ms, "
             f"aten calls {aten_calls / steps:.0f} (incl. nested), peak {peak:.2f} GiB")
     for op in by_shape:  # the named ops split by input shapes: which calls of a many-called op cost the time
         shaped = [e for e in p.key_averages(group_by_input_shape=True) if e.key == op]
@@ -114,6 +131,8 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=["default"])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--stem", action="store_true", help="also time the conv stem in both layouts")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                        help="profile torch.compile(model) (after its compilation), optionally in a compile mode")
     parser.add_argument("--rows", type=int, default=25, help="kernels listed per profile")
     parser.add_argument("--by-shape", nargs="*", default=[], metavar="OP",
                         help="also list these ops (e.g. aten::copy_) split by input shapes")
