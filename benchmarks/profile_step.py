@@ -151,7 +151,7 @@ def main() -> int:
                     try:
                         tag = variant.replace("=", "").replace(",", "_")
                         profile_model(name, bench, args.batch_size, args.out, tag, rows=args.rows,
-                                      by_shape=tuple(args.by_shape))
+                                      by_shape=tuple(args.by_shape), compile_mode=args.compile)
                     except Exception as exc:  # keep going: one failure should not cost the call
                         print(f"!!! {name} {bench} [{variant}]: {type(exc).__name__}: {exc}", flush=True)
         finally:
