@@ -96,6 +96,36 @@ def split_qkv(qkv: torch.Tensor, groups: int, heads: int) -> tuple[torch.Tensor,
     return tuple(qkv.reshape(3, B * groups, heads, n, D).unbind(0))
 
 
+def attend_groups(qkv: torch.Tensor, groups: int, heads: int, head_dim: int, scale: float,
+                  perm: Optional[torch.Tensor] = None, inv_perm: Optional[torch.Tensor] = None,
+                  impl: AttnImpl = "sdpa", dropout_p: float = 0.0) -> torch.Tensor:
+    """The attention core of :meth:`SlicedGroupAttention.attend` without the module (also what the compiled ops of
+    ``compiled_ops.py`` fall back on): q/k/v ``(B, N, 3 * heads * D)`` -> ``(B, N, heads * D)``, ``D >= head_dim``;
+    ``dropout_p`` on the attention probabilities (pass 0 outside training)."""
+    B, N, C3 = qkv.shape
+    G, H = groups, heads
+    D = C3 // (3 * H)  # head_dim, or the padded head width
+    C = H * D
+    torch._assert(C3 == 3 * C and D >= head_dim, "qkv must have 3 * heads * (head_dim or more) channels")
+    torch._assert(N % G == 0, "token count must be divisible by the number of groups")
+    n = N // G
+    if perm is not None:
+        if inv_perm is None:
+            inv_perm = invert_permutation(perm)
+        qkv = gather_tokens(qkv, perm, inv_perm)  # (B, N, 3C), shuffled token order
+    q, k, v = split_qkv(qkv, G, H)  # each (B*G, H, n, D): groups ride the batch
+    if impl == "math":
+        attn = (q * scale) @ k.transpose(-2, -1)  # (B*G, H, n, n)
+        attn = F.dropout(attn.softmax(dim=-1), dropout_p, training=dropout_p > 0)
+        out = attn @ v
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    out = out.reshape(B, G, H, n, D).permute(0, 1, 3, 2, 4).reshape(B, N, C)  # (B, N, C), shuffled order
+    if perm is not None:
+        out = gather_tokens(out, inv_perm, perm)  # (B, N, C), back to grid order
+    return out
+
+
 class SlicedGroupAttention(nn.Module):
     """Multi-head self-attention restricted to groups of tokens, optionally on shuffled tokens.
 
@@ -168,26 +198,6 @@ class SlicedGroupAttention(nn.Module):
                 shuffling the input tokens.
             inv_perm: Inverse of ``perm`` if the caller already has it.
         """
-        B, N, C3 = qkv.shape
-        G, H = groups, self.num_heads
-        D = C3 // (3 * H)  # head_dim, or the padded head width
-        C = H * D
-        torch._assert(C3 == 3 * C and D >= self.head_dim, "qkv must have 3 * heads * (head_dim or more) channels")
-        torch._assert(N % G == 0, "token count must be divisible by the number of groups")
-        n = N // G
-        if perm is not None:
-            if inv_perm is None:
-                inv_perm = invert_permutation(perm)
-            qkv = gather_tokens(qkv, perm, inv_perm)  # (B, N, 3C), shuffled token order
-        q, k, v = split_qkv(qkv, G, H)  # each (B*G, H, n, D): groups ride the batch
-        if self.attn_impl == "math":
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B*G, H, n, n)
-            attn = self.attn_drop(attn.softmax(dim=-1))
-            out = attn @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0,
-                                                 scale=self.scale)
-        out = out.reshape(B, G, H, n, D).permute(0, 1, 3, 2, 4).reshape(B, N, C)  # (B, N, C), shuffled order
-        if perm is not None:
-            out = gather_tokens(out, inv_perm, perm)  # (B, N, C), back to grid order
-        return out
+        dropout_p = self.attn_drop.p if self.training else 0.0
+        return attend_groups(qkv, groups, self.num_heads, self.head_dim, self.scale, perm, inv_perm, self.attn_impl,
+                             dropout_p)

@@ -8,7 +8,7 @@ import torch
 from timm.layers import DropPath, Mlp
 from torch import nn
 
-from sret.models import fused
+from sret.models import compiled_ops, fused
 from sret.models.attention import AttnImpl, SlicedGroupAttention
 from sret.models.layernorm import TokenLayerNorm
 
@@ -100,6 +100,12 @@ class RecursiveBlock(nn.Module):
                                     self.coefficient2, _drop_path_scale(self.drop_path, x))
             return fused.mlp_residual(x, self.norm2, self.mlp, self.coefficient3, self.coefficient4,
                                       _drop_path_scale(self.drop_path, x))
+        if self._compiled_ops_ok(x):  # compiled inference: the fused kernels as ops Inductor traces
+            x = compiled_ops.attn_residual(x, self.norm1, self.attn, groups, perm, inv_perm, self.coefficient1,
+                                           self.coefficient2)
+            out = compiled_ops.mlp_residual(x, self.norm2, self.mlp, self.coefficient3, self.coefficient4)
+            return out if out is not None else _weighted_sum(x, self.mlp(self.norm2(x)), self.coefficient3,
+                                                             self.coefficient4)
         y = self.drop_path(self.attn(self.norm1(x), groups, perm, inv_perm))
         x = _weighted_sum(x, y, self.coefficient1, self.coefficient2)
         y = self.drop_path(self.mlp(self.norm2(x)))
@@ -110,6 +116,12 @@ class RecursiveBlock(nn.Module):
         dropout = self.training and (attn.attn_drop.p > 0 or attn.proj_drop.p > 0)
         return (x.dim() == 3 and fused.fused_enabled() and not dropout and attn.qkv.bias is not None
                 and _fusable_mlp(self.mlp, self.training))
+
+    def _compiled_ops_ok(self, x: torch.Tensor) -> bool:
+        attn = self.attn
+        return (attn.attn_impl == "sdpa" and attn.qkv.bias is not None and _fusable_mlp(self.mlp, self.training)
+                and compiled_ops.enabled(x, self.training, attn.qkv.weight, attn.proj.weight, self.mlp.fc1.weight,
+                                         self.norm1.weight))
 
 
 class NonLinearProjection(nn.Module):
@@ -132,4 +144,9 @@ class NonLinearProjection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3 and fused.fused_enabled() and _fusable_mlp(self.mlp, self.training):
             return fused.mlp_residual(x, self.norm1, self.mlp, self.coefficient1, self.coefficient2)
+        if _fusable_mlp(self.mlp, self.training) and compiled_ops.enabled(x, self.training, self.mlp.fc1.weight,
+                                                                         self.norm1.weight):
+            out = compiled_ops.mlp_residual(x, self.norm1, self.mlp, self.coefficient1, self.coefficient2)
+            if out is not None:
+                return out
         return _weighted_sum(x, self.mlp(self.norm1(x)), self.coefficient1, self.coefficient2)

@@ -510,6 +510,16 @@ def mlp_residual(x: torch.Tensor, norm, mlp, c1, c2, scale: Optional[torch.Tenso
                  mlp.fc2.weight, mlp.fc2.bias, a, b, scale, norm.eps, compute_dtype(x), graph)
 
 
+def padded_head_width(attn) -> int:
+    """The width the fused sublayer carries each head of ``attn`` at: 0 (as is) or the next multiple of 8.
+
+    Head dims that are not a multiple of 8 (SReT-S: 42) are carried padded through the sdpa kernels (see
+    _AttnResidual); on an H100 the pad/unpad copies flash attention makes otherwise took ~15 % of SReT-S's training
+    step (docs/perf_notes.md).
+    """
+    return -(-attn.head_dim // 8) * 8 if attn.attn_impl == "sdpa" and attn.head_dim % 8 else 0
+
+
 def attn_residual(x: torch.Tensor, norm, attn, groups: int, perm: Optional[torch.Tensor],
                   inv_perm: Optional[torch.Tensor], c1, c2, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Fused ``c1 * x + c2 * s * proj(attend(qkv(norm(x))))`` for a ``SlicedGroupAttention`` with ``groups`` groups
@@ -521,10 +531,7 @@ def attn_residual(x: torch.Tensor, norm, attn, groups: int, perm: Optional[torch
         return attn.attend(qkv, groups, p, inv)
 
     a, b = _coefs(c1, c2)
-    # Head dims that are not a multiple of 8 (SReT-S: 42) are carried padded to the next multiple through the sdpa
-    # kernels (see _AttnResidual); on an H100 the pad/unpad copies flash attention makes otherwise took ~15 % of
-    # SReT-S's training step (docs/perf_notes.md).
-    width = -(-attn.head_dim // 8) * 8 if attn.attn_impl == "sdpa" and attn.head_dim % 8 else 0
+    width = padded_head_width(attn)
     graph = _builds_graph(x, attn.qkv.weight, attn.proj.weight, norm.weight)
     return _call(_AttnResidual, graph, x.contiguous(), norm.weight, norm.bias, attn.qkv.weight, attn.qkv.bias,
                  attn.proj.weight, attn.proj.bias, a, b, scale, norm.eps, compute_dtype(x), attend, perm, inv_perm,

@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 
 from sret.models import layernorm as _ln
+from sret.models.kernel_launch import launchable
 
 triton = _ln.triton
 if triton is not None:
@@ -228,11 +229,13 @@ def group_attention(qkv: torch.Tensor, groups: int, heads: int, scale: float,
         return None
     block_m, block_n, warps, stages = config
     out = torch.empty((B, N, C), device=qkv.device, dtype=qkv.dtype)
-    lse = torch.empty((B * N, heads), device=qkv.device, dtype=torch.float32) if keep_lse else out
+    # Unused, LSE gets a read-only input, not an alias of ``out``: inside a compiled graph an output passed twice to
+    # one launch could cost a copy of it (``kernel_launch.py``)
+    lse = torch.empty((B * N, heads), device=qkv.device, dtype=torch.float32) if keep_lse else qkv
     grid = (B * groups, heads, triton.cdiv(n, block_m))
-    _group_attention_fwd[grid](qkv, out, lse, n, C, scale * 1.4426950408889634, D=D,
-                               BLOCK_D=triton.next_power_of_2(D), BLOCK_M=block_m, BLOCK_N=block_n,
-                               SAVE_LSE=keep_lse, num_warps=warps, num_stages=stages)
+    launchable(_group_attention_fwd)[grid](
+        qkv, out, lse, n, C, scale * 1.4426950408889634, D=D, BLOCK_D=triton.next_power_of_2(D), BLOCK_M=block_m,
+        BLOCK_N=block_n, SAVE_LSE=keep_lse, num_warps=warps, num_stages=stages)
     return (out, lse) if keep_lse else out
 
 
@@ -276,16 +279,16 @@ def group_attention_backward(qkv: torch.Tensor, do: torch.Tensor, groups: int, h
     block_d = triton.next_power_of_2(D)
     if config is None and n <= _MAX_ONE_TILE and (n, D) not in BACKWARD_TILES:
         block = max(16, triton.next_power_of_2(n))
-        _group_attention_bwd[(B * groups, heads)](qkv, do, dqkv, n, C, scale, D=D, BLOCK_D=block_d, BLOCK_N=block,
-                                                  num_warps=4 if block <= 64 else 8)
+        launchable(_group_attention_bwd)[(B * groups, heads)](
+            qkv, do, dqkv, n, C, scale, D=D, BLOCK_D=block_d, BLOCK_N=block, num_warps=4 if block <= 64 else 8)
         return dqkv
     block_m, block_n, warps, stages = config or BACKWARD_TILES[n, D]
     torch._assert(o is not None and lse is not None, "groups longer than one tile need the forward's o and lse")
     delta = torch.empty_like(lse)
-    _group_attention_bwd_dq[(B * groups, heads, triton.cdiv(n, block_m))](
+    launchable(_group_attention_bwd_dq)[(B * groups, heads, triton.cdiv(n, block_m))](
         qkv, o, do, lse, delta, dqkv, n, C, scale, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
         num_warps=warps, num_stages=stages)
-    _group_attention_bwd_dkdv[(B * groups, heads, triton.cdiv(n, block_n))](
+    launchable(_group_attention_bwd_dkdv)[(B * groups, heads, triton.cdiv(n, block_n))](
         qkv, do, lse, delta, dqkv, n, C, scale, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
         num_warps=warps, num_stages=stages)
     return dqkv

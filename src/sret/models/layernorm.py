@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from sret.models.kernel_launch import launchable
+
 try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs may lack it.
     import triton
     import triton.language as tl
@@ -179,9 +181,9 @@ def ln_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: 
     mean = torch.empty(M, device=x2.device, dtype=torch.float32)
     rstd = torch.empty(M, device=x2.device, dtype=torch.float32)
     block_m, block_c = _tiling(C)
-    _ln_fwd[(triton.cdiv(M, block_m),)](x2, y, weight, bias, mean, rstd, rows if rows is not None else mean, M, C,
-                                        width, tokens, eps, PAD=width - C, ONES=ones_column,
-                                        HAS_IDX=rows is not None, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
+    launchable(_ln_fwd)[(triton.cdiv(M, block_m),)](
+        x2, y, weight, bias, mean, rstd, rows if rows is not None else weight, M, C, width, tokens, eps,
+        PAD=width - C, ONES=ones_column, HAS_IDX=rows is not None, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
     return y, mean, rstd
 
 
@@ -215,10 +217,10 @@ def ln_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean:
     dw, db = partial[0], partial[1]
     gx = partial[2] if has_res else dw
     gs = partial[3] if grad_sum else dw
-    _ln_bwd[(programs,)](x2, dy2, dx, weight, mean, rstd, dw, db, residual_grad if has_res else dx,
-                         c1 if has_res else weight, gx, gs, scale if scale is not None else weight, M, C, tokens,
-                         num_tiles, HAS_RES=has_res, HAS_GSUM=grad_sum, HAS_SCALE=scale is not None,
-                         BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
+    launchable(_ln_bwd)[(programs,)](
+        x2, dy2, dx, weight, mean, rstd, dw, db, residual_grad if has_res else x2, c1 if has_res else weight, gx, gs,
+        scale if scale is not None else weight, M, C, tokens, num_tiles, HAS_RES=has_res, HAS_GSUM=grad_sum,
+        HAS_SCALE=scale is not None, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
     sums = partial.sum(-1)  # (n, C)
     dc1 = sums[2].sum().reshape(1) if has_res else None
     gsum = sums[3] if grad_sum else None

@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 
 from sret.models import layernorm as _ln
+from sret.models.kernel_launch import launchable
 
 triton = _ln.triton
 if triton is not None:
@@ -39,6 +40,12 @@ _DTYPES = (torch.bfloat16, torch.float16)
 def kernels_available(x: torch.Tensor, dtype: torch.dtype) -> bool:
     """Whether the fused forward kernels may run on ``x`` with Linears in ``dtype``."""
     return dtype in _DTYPES and x.shape[-1] <= _MAX_C and _ln.fused_kernels_enabled(x)
+
+
+def forward_applies(x: torch.Tensor, hidden: int, dtype: torch.dtype, save: bool) -> bool:
+    """Whether :func:`mlp_residual_forward` (without tile overrides) takes an MLP of ``hidden`` units on ``x``."""
+    key = (x.shape[-1], hidden, save)
+    return kernels_available(x, dtype) and (key in PW_TILES or key in GEMM_TILES)
 
 
 if triton is not None:
@@ -278,11 +285,11 @@ def _mlp_two_launches(x, ln_w, ln_b, w1, b1, w2, b2, c1, k, per_sample, eps, dty
     a = torch.empty((M, hp), device=x.device, dtype=dtype)
     h = torch.empty((M, hp) if save else (1, 1), device=x.device, dtype=dtype)
     w1p = _padded(w1, hp, cp, dtype)
-    _fc1_gelu_fwd[(triton.cdiv(M, bm1), triton.cdiv(hp, bn1))](
+    launchable(_fc1_gelu_fwd)[(triton.cdiv(M, bm1), triton.cdiv(hp, bn1))](
         xn, w1p, b1, a, h, M, H, cp, hp, SAVE=save, BLOCK_M=bm1, BLOCK_N=bn1, BLOCK_K=bk1,
         num_warps=warps1, num_stages=stages1)
     out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
-    _fc2_residual_fwd[(triton.cdiv(M, bm2), triton.cdiv(C, bn2))](
+    launchable(_fc2_residual_fwd)[(triton.cdiv(M, bm2), triton.cdiv(C, bn2))](
         a, _padded(w2, C, hp, dtype), b2, x, c1 if c1 is not None else k, k, out, M, C, hp, N,
         HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, BLOCK_M=bm2, BLOCK_N=bn2, BLOCK_K=bk2, num_warps=warps2,
         num_stages=stages2)
@@ -300,7 +307,7 @@ def prepared_weights(w1: torch.Tensor, w2: torch.Tensor, block_c: int, block_h: 
     w2p = torch.empty((block_c, hp), device=w1.device, dtype=dtype)
     block = 1024
     grid = (triton.cdiv(hp * block_c, block) + triton.cdiv(block_c * hp, block),)
-    _prep_mlp_weights[grid](w1, w2, w1p, w2p, C, H, block_c, hp, BLOCK=block, num_warps=4)
+    launchable(_prep_mlp_weights)[grid](w1, w2, w1p, w2p, C, H, block_c, hp, BLOCK=block, num_warps=4)
     return w1p, w2p, hp
 
 
@@ -317,9 +324,9 @@ def mlp_residual_prepared(x, ln_w, ln_b, w1p, b1, w2p, b2, c1, k, per_sample, ep
         h = torch.empty((M, hp), device=x.device, dtype=dtype)
         mean = torch.empty(M, device=x.device, dtype=torch.float32)
         rstd = torch.empty_like(mean)
-    else:  # never written without SAVE: no allocations (each is host time in eager inference)
-        h = mean = rstd = out
-    _mlp_residual_fwd_pw[(triton.cdiv(M, block_m),)](
+    else:  # never written without SAVE: no allocations (each is host time in eager inference); a read-only input,
+        h = mean = rstd = x  # not the output: see group_attention()
+    launchable(_mlp_residual_fwd_pw)[(triton.cdiv(M, block_m),)](
         x, ln_w, ln_b, w1p, b1, w2p, b2, c1 if c1 is not None else k, k, out, h, mean, rstd, M, C, H, hp, N, eps,
         HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, SAVE=save, BLOCK_M=block_m, BLOCK_C=w1p.shape[1],
         BLOCK_H=block_h, num_warps=warps, num_stages=stages)
@@ -427,7 +434,7 @@ def gelu_and_grad(h: torch.Tensor, da: torch.Tensor) -> Optional[tuple[torch.Ten
         return None
     a, dh = torch.empty_like(h), torch.empty_like(da)
     n, block = h.numel(), 4096
-    _gelu_and_grad[(triton.cdiv(n, block),)](h, da, a, dh, n, BLOCK=block, num_warps=8)
+    launchable(_gelu_and_grad)[(triton.cdiv(n, block),)](h, da, a, dh, n, BLOCK=block, num_warps=8)
     return a, dh
 
 
@@ -478,7 +485,7 @@ def da_gelu_and_grad(g16: torch.Tensor, w2: torch.Tensor, c2: Optional[torch.Ten
     w = (w2 * c2 if c2 is not None else w2).to(h.dtype).contiguous()  # as the unfused mm's operand
     block_m, block_n, block_k, warps, stages = config
     a, dh = torch.empty_like(h), torch.empty_like(h)
-    _da_gelu_bwd[(triton.cdiv(M, block_m), triton.cdiv(HW, block_n))](
+    launchable(_da_gelu_bwd)[(triton.cdiv(M, block_m), triton.cdiv(HW, block_n))](
         g16, w, h, a, dh, M, C, HW, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
         num_stages=stages)
     return a, dh
@@ -501,8 +508,8 @@ def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale,
     block_c = triton.next_power_of_2(C)
     block_m = max(1, 4096 // block_c)
     M = B * N
-    _residual_fwd[(triton.cdiv(M, block_m),)](x, y, c1 if c1 is not None else k, k, out,
-                                             y_rows if y_rows is not None else k, M, C, N, HAS_C1=c1 is not None,
-                                             K_PER_SAMPLE=per_sample, HAS_IDX=y_rows is not None, BLOCK_M=block_m,
-                                             BLOCK_C=block_c, num_warps=4)
+    launchable(_residual_fwd)[(triton.cdiv(M, block_m),)](
+        x, y, c1 if c1 is not None else k, k, out, y_rows if y_rows is not None else k, M, C, N,
+        HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, HAS_IDX=y_rows is not None, BLOCK_M=block_m,
+        BLOCK_C=block_c, num_warps=4)
     return out

@@ -1,0 +1,101 @@
+"""Compiled inference on the GPU: ``torch.compile`` with the fused sublayers as ops, against float64 and the plain
+modules, then its step time with the ops on and off.
+
+For each model (parameters moved away from their init first, as ``check_inference.py`` does, so that a dropped
+coefficient or a wrong fold shows): ``torch.compile(model, fullgraph=True)`` in eval, bf16 autocast, with the ops
+(``SRET_COMPILED_OPS=1``) and without (``=0``: the plain modules on Inductor's kernels, the compiled path before the
+ops). Each one's relative logit error against float64 on the CPU; the ops' error must be finite and within 1.5x the
+plain one (exit 1 otherwise; checked on 16 images). The profiler then confirms that the compiled step with the ops launches the fused
+kernels (``_mlp_residual_fwd_pw`` and friends) and the step time is measured both ways (CUDA events, median of 5
+windows of 20 steps, after the compilation and 5 warm-up steps).
+
+    PYTHONPATH=src python3 benchmarks/check_compiled.py [--models sret_t sret_s] [--batch-size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import sret
+from check_inference import _rel, _trained_looking  # this script's folder is on sys.path when run as a file
+
+FUSED_KERNELS = ("_mlp_residual_fwd_pw", "_fc1_gelu_fwd", "_group_attention_fwd", "_residual_fwd", "_ln_fwd")
+
+
+def _compiled(model, ops: str):
+    os.environ["SRET_COMPILED_OPS"] = ops  # read while tracing: a fresh compilation per setting
+    torch._dynamo.reset()
+    return torch.compile(model, fullgraph=True)
+
+
+def _step(compiled, x):
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        return compiled(x)
+
+
+def _time_ms(compiled, x, windows: int = 5, steps: int = 20) -> float:
+    for _ in range(5):
+        _step(compiled, x)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(windows):
+        start.record()
+        for _ in range(steps):
+            _step(compiled, x)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / steps)
+    return statistics.median(times)
+
+
+def check(name: str, batch: int) -> bool:
+    torch.manual_seed(0)
+    model = sret.create_model(name).eval()
+    _trained_looking(model)
+    x = torch.randn(batch, 3, 224, 224)
+    few = x[:16]  # the float64 reference runs on the CPU: checked on 16 images, timed on the whole batch
+    with torch.no_grad():
+        ref = copy.deepcopy(model).double()(few.double())
+    model, x, few = model.cuda(), x.cuda(), few.cuda()
+    errors, kernels, times = {}, {}, {}
+    for ops in ("1", "0"):
+        t0 = time.perf_counter()
+        compiled = _compiled(model, ops)
+        errors[ops] = _rel(_step(compiled, few).float(), ref)
+        compile_s = time.perf_counter() - t0
+        _step(compiled, x)  # the batch's own compilation (a new batch size) before the profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            _step(compiled, x)
+            torch.cuda.synchronize()
+        names = {e.key for e in prof.key_averages()}
+        kernels[ops] = sorted(k for k in FUSED_KERNELS if any(n.startswith(k) for n in names))
+        times[ops] = _time_ms(compiled, x)
+        print(f"{name} SRET_COMPILED_OPS={ops}: rel err vs float64 {errors[ops]:.2e}, compile {compile_s:.0f} s, "
+              f"fused kernels seen {kernels[ops]}, {times[ops]:.2f} ms/step at batch {batch} "
+              f"({batch / times[ops] * 1e3:,.0f} img/s)", flush=True)
+    ok = (errors["1"] == errors["1"] and errors["1"] <= 1.5 * errors["0"] and "_ln_fwd" in kernels["1"]
+          and "_residual_fwd" in kernels["1"] and not kernels["0"])
+    print(f"{name}: {'OK' if ok else 'FAILED'} (ops / plain: error {errors['1'] / errors['0']:.2f}x, "
+          f"time {times['1'] / times['0']:.3f}x)", flush=True)
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["sret_t", "sret_t_wo_slice", "sret_s"])
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args()
+    print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    results = [check(name, args.batch_size) for name in args.models]
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""The compiled-inference ops (``sret::attn_residual``, ``sret::mlp_residual``), run through Triton's CPU interpreter.
+
+Under ``torch.compile`` on a GPU, Inductor traces these ops' bodies; here they run eagerly through the dispatcher,
+which checks the plumbing a compiled model depends on: the same kernels and results as the eager fused sublayers,
+every sublayer of a model routed through an op when the model is being compiled for inference, and none when an
+autograd graph is built. The GPU check (``benchmarks/check_compiled.py``) compiles the model for real.
+
+The interpreter needs ``TRITON_INTERPRET=1`` before Triton is imported, hence the subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("triton")
+
+SCRIPT = textwrap.dedent(
+    """
+    import os
+    import torch
+    import sret
+    from sret.models import compiled_ops as CO, fused as FU
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+    torch.manual_seed(0)
+    model = sret.create_model("sret_t", img_size=32, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+
+    # One block of each kind, straight: the op's result is the eager fused sublayer's, bit for bit.
+    block, nll = model.transformers[0].blocks[0], model.transformers[0].blocks[1]
+    t = torch.randn(2, 64, block.norm1.weight.numel())
+    perm = torch.randperm(64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        for groups, p in ((1, None), (4, None), (4, perm)):
+            inv = None if p is None else torch.argsort(p)
+            want = FU.attn_residual(t, block.norm1, block.attn, groups, p, inv, block.coefficient1,
+                                    block.coefficient2)
+            got = CO.attn_residual(t, block.norm1, block.attn, groups, p, inv, block.coefficient1,
+                                   block.coefficient2)
+            assert got.dtype == want.dtype == torch.float32 and torch.equal(got, want), (groups, rel(got, want))
+        want = FU.mlp_residual(t, nll.norm1, nll.mlp, nll.coefficient1, nll.coefficient2)
+        got = CO.mlp_residual(t, nll.norm1, nll.mlp, nll.coefficient1, nll.coefficient2)
+        assert got is not None and torch.equal(got, want), rel(got, want)
+
+    # The whole model as torch.compile traces it (is_compiling True): every sublayer through an op, logits within
+    # float16 rounding of the eager fused path and of the plain modules (the compiled path before these ops).
+    calls = []
+    originals = {name: getattr(CO, name) for name in ("attn_residual", "mlp_residual")}
+    for name, fn in originals.items():
+        setattr(CO, name, lambda *a, _fn=fn, _name=name: calls.append(_name) or _fn(*a))
+
+    def logits(compiling, ops="1", grad=False):
+        os.environ["SRET_COMPILED_OPS"] = ops
+        real = torch.compiler.is_compiling
+        torch.compiler.is_compiling = lambda: compiling
+        try:
+            with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.float16):
+                return model(x).float()
+        finally:
+            torch.compiler.is_compiling = real
+
+    eager = logits(False)
+    assert not calls
+    via_ops = logits(True)
+    attn_calls, mlp_calls = calls.count("attn_residual"), calls.count("mlp_residual")
+    # sret_t: 20 attention applications; an MLP after each and an NLL after each (both through the op's kernels)
+    assert attn_calls == 20 and mlp_calls == 40, (attn_calls, mlp_calls)
+    calls.clear()
+    plain = logits(True, ops="0")
+    assert not calls
+    assert rel(via_ops, eager) < 1e-2 and rel(via_ops, plain) < 1e-2, (rel(via_ops, eager), rel(via_ops, plain))
+    # An autograd graph (grad mode with parameters that require grad) keeps the plain modules: the ops have no backward.
+    logits(True, grad=True)
+    assert not calls
+    model.train()
+    with torch.no_grad():
+        logits(True)
+    assert not calls
+    print("ok")
+    """
+)
+
+
+def test_compiled_ops_match_fused_sublayers_in_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1", SRET_FAST_LN="1", SRET_FUSED="1", SRET_FUSED_KERNELS="1")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-4000:]
