@@ -4,10 +4,10 @@ modules, then its step time with the ops on and off.
 For each model (parameters moved away from their init first, as ``check_inference.py`` does, so that a dropped
 coefficient or a wrong fold shows): ``torch.compile(model, fullgraph=True)`` in eval, bf16 autocast, with the ops
 (``SRET_COMPILED_OPS=1``) and without (``=0``: the plain modules on Inductor's kernels, the compiled path before the
-ops). Each one's relative logit error against float64 on the CPU; the ops' error must be finite and within 1.5x the
-plain one (exit 1 otherwise; checked on 16 images). The profiler then confirms that the compiled step with the ops launches the fused
-kernels (``_mlp_residual_fwd_pw`` and friends) and the step time is measured both ways (CUDA events, median of 5
-windows of 20 steps, after the compilation and 5 warm-up steps).
+ops). Each one's relative logit error against float64 on the CPU (16 images); the ops' error must be finite and
+within 1.5x the plain one (exit 1 otherwise). The profiler then confirms that the compiled step with the ops
+launches the fused kernels (``_mlp_residual_fwd_pw`` and friends) and the step time is measured both ways (CUDA
+events, median of 5 windows of 20 steps, after the compilation and 5 warm-up steps).
 
     PYTHONPATH=src python3 benchmarks/check_compiled.py [--models sret_t sret_s] [--batch-size 256]
 """
