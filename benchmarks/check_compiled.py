@@ -29,10 +29,10 @@ from check_inference import _rel, _trained_looking  # this script's folder is on
 FUSED_KERNELS = ("_mlp_residual_fwd_pw", "_fc1_gelu_fwd", "_group_attention_fwd", "_residual_fwd", "_ln_fwd")
 
 
-def _compiled(model, ops: str):
+def _compiled(model, ops: str, dynamic: bool = False):
     os.environ["SRET_COMPILED_OPS"] = ops  # read while tracing: a fresh compilation per setting
     torch._dynamo.reset()
-    return torch.compile(model, fullgraph=True)
+    return torch.compile(model, fullgraph=True, dynamic=dynamic)
 
 
 def _step(compiled, x):
@@ -87,6 +87,23 @@ def check(name: str, batch: int) -> bool:
     return ok
 
 
+def check_dynamic(name: str) -> bool:
+    """A batch dimension compiled as dynamic (symbolic shapes in the ops' bodies): two batch sizes, one graph."""
+    torch.manual_seed(0)
+    model = sret.create_model(name).eval().cuda()
+    compiled = _compiled(model, "1", dynamic=True)
+    ok = True
+    for batch in (8, 24):
+        x = torch.randn(batch, 3, 224, 224, device="cuda")
+        os.environ["SRET_COMPILED_OPS"] = "1"
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            want = model(x).float()  # eager fused path
+        err = _rel(_step(compiled, x).float(), want)
+        ok &= err < 2e-2
+        print(f"{name} dynamic batch {batch}: rel err vs eager fused {err:.2e}", flush=True)
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["sret_t", "sret_t_wo_slice", "sret_s"])
@@ -94,6 +111,11 @@ def main() -> int:
     args = parser.parse_args()
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
     results = [check(name, args.batch_size) for name in args.models]
+    try:
+        results.append(check_dynamic(args.models[0]))
+    except Exception as exc:  # reported, and a failure: a dynamic batch must compile too
+        print(f"dynamic batch: {type(exc).__name__}: {str(exc)[:2000]}", flush=True)
+        results.append(False)
     return 0 if all(results) else 1
 
 
