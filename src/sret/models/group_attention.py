@@ -33,6 +33,7 @@ if triton is not None:
         of 3C, head ``head`` at columns head * D ...); ``qk_scale`` is the softmax scale times log2(e). With
         SAVE_LSE, each row's log-sum-exp of the scaled scores (log2 units) goes to LSE (tokens, heads) for the
         backward of groups longer than one tile."""
+        qk_scale = tl.cast(qk_scale, tl.float32)  # fp64 where Inductor launches it
         group = tl.program_id(0).to(tl.int64)
         head = tl.program_id(1)
         rows = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)  # query rows within the group
@@ -70,6 +71,7 @@ if triton is not None:
         """Program (group, head) of a group that fits one tile: dq, dk, dv of ``softmax(q k^T * scale) v`` for the
         output gradient DO (rows of C), written into DQKV in QKV's layout. The probabilities are recomputed from q
         and k in one tile, so nothing but q/k/v is kept from the forward (no log-sum-exp, no output)."""
+        scale = tl.cast(scale, tl.float32)  # fp64 where Inductor launches it
         group = tl.program_id(0).to(tl.int64)
         head = tl.program_id(1)
         rows = tl.arange(0, BLOCK_N)
@@ -103,6 +105,7 @@ if triton is not None:
         """Program (group, head, query block) of a group longer than one tile: dq over every key block, with the
         probabilities recomputed from the forward's log-sum-exp. Also writes DELTA = rowsum(do * o) (tokens,
         heads), which :func:`_group_attention_bwd_dkdv` reads: launch this one first."""
+        scale = tl.cast(scale, tl.float32)  # fp64 where Inductor launches it
         group = tl.program_id(0).to(tl.int64)
         head = tl.program_id(1)
         rows = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -138,6 +141,7 @@ if triton is not None:
                                   BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         """Program (group, head, key block) of a group longer than one tile: dk and dv over every query block
         (BLOCK_M queries a step), scores computed transposed (keys as rows) so both sums run along the loop."""
+        scale = tl.cast(scale, tl.float32)  # fp64 where Inductor launches it
         group = tl.program_id(0).to(tl.int64)
         head = tl.program_id(1)
         keys = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -60,6 +60,7 @@ if triton is not None:
     @triton.jit
     def _ln_fwd(X, Y, W, B, Mean, Rstd, IDX, M, C, Y_STRIDE, N_TOK, eps, PAD: tl.constexpr, ONES: tl.constexpr,
                 HAS_IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+        eps = tl.cast(eps, tl.float32)  # fp64 where Inductor launches it
         # With PAD > 0 each output row is followed by PAD (<= 8) extra columns, zero, or with ONES (1, 0, ..., 0): a
         # weight-gradient GEMM against that matrix then yields the bias gradient as its extra column (no separate
         # reduction pass); zero padding gives 16-byte aligned rows for the GEMM kernels.

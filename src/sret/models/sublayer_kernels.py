@@ -108,6 +108,7 @@ if triton is not None:
         compute dtype and zero-padded (HP a multiple of BLOCK_H), so the weight tiles go from memory straight into the
         two dots (unmasked, 16-byte rows: the compiler can stage them through shared memory ahead of use) instead of
         through registers for a cast. x is read again for the residual rather than kept live across the H loop."""
+        eps = tl.cast(eps, tl.float32)  # fp64 where Inductor launches it
         pid = tl.program_id(0)
         rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.arange(0, BLOCK_C)
