@@ -88,9 +88,9 @@ def check(name: str, batch: int) -> bool:
 
 
 def check_dynamic(name: str) -> bool:
-    """Symbolic shapes: every dimension (``dynamic=True``: the ops step aside, their tiles need the token count), then
-    the batch alone (what a second batch size makes of it: the ops run with a symbolic batch). Two batch sizes
-    each, the eager fused logits as the reference."""
+    """Symbolic shapes: every dimension (``dynamic=True``: the token count gets pinned where the ops read their tile
+    tables), then the batch alone (what a second batch size makes of it). Two batch sizes each, the eager fused
+    logits as the reference, the fused kernels seen in both."""
     torch.manual_seed(0)
     model = sret.create_model(name).eval().cuda()
     ok = True
@@ -106,7 +106,7 @@ def check_dynamic(name: str) -> bool:
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 err = _rel(_step(compiled, x).float(), want)
             fused_seen = any(e.key.startswith("_residual_fwd") for e in prof.key_averages())
-            ok &= err < 2e-2 and fused_seen == (how == "batch")
+            ok &= err < 2e-2 and fused_seen
             print(f"{name} dynamic {how}, batch {batch}: rel err vs eager fused {err:.2e}, fused kernels seen: "
                   f"{fused_seen}", flush=True)
     return ok

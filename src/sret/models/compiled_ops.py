@@ -59,12 +59,12 @@ def enabled(x: Tensor, training: bool, *params: Tensor) -> bool:
     """Whether a sublayer may run as one of these ops: under ``torch.compile``, on CUDA with the fused kernels on,
     in eval mode, building no autograd graph, and not switched off (``SRET_COMPILED_OPS=0``).
 
-    The token count and width must be static: the kernels' tiles are chosen per shape. The batch may be symbolic
-    (``torch.compile`` makes it so after a second batch size, e.g. a validation set's last batch).
+    Shapes may be symbolic: the batch stays so (``torch.compile`` makes it symbolic after a second batch size, e.g.
+    a validation set's last batch), while the token count is pinned by a guard where the kernels' tile tables are
+    read (``int()`` there), so another image size compiles again.
     """
     return (torch.compiler.is_compiling() and os.environ.get("SRET_COMPILED_OPS", "1") != "0" and not training
-            and x.dim() == 3 and all(isinstance(d, int) for d in x.shape[1:]) and _ln.fused_kernels_enabled(x)
-            and not fused._builds_graph(x, *params))
+            and x.dim() == 3 and _ln.fused_kernels_enabled(x) and not fused._builds_graph(x, *params))
 
 
 def mlp_residual(x: Tensor, norm, mlp, c1, c2) -> Optional[Tensor]:

@@ -228,7 +228,8 @@ def group_attention(qkv: torch.Tensor, groups: int, heads: int, scale: float,
     n = N // groups
     if not _supported(qkv, groups, heads):
         return None
-    config = config or _config(n, D)
+    # int(): under torch.compile with symbolic shapes (compiled_ops.py) this pins the token count (a guard)
+    config = config or _config(int(n), int(D))
     if config is None:
         return None
     block_m, block_n, warps, stages = config

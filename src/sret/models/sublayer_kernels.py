@@ -44,7 +44,7 @@ def kernels_available(x: torch.Tensor, dtype: torch.dtype) -> bool:
 
 def forward_applies(x: torch.Tensor, hidden: int, dtype: torch.dtype, save: bool) -> bool:
     """Whether :func:`mlp_residual_forward` (without tile overrides) takes an MLP of ``hidden`` units on ``x``."""
-    key = (x.shape[-1], hidden, save)
+    key = (int(x.shape[-1]), hidden, save)  # int(): pins a symbolic width under torch.compile (compiled_ops.py)
     return kernels_available(x, dtype) and (key in PW_TILES or key in GEMM_TILES)
 
 
@@ -359,7 +359,7 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
     """
     if not kernels_available(x, dtype):
         return None
-    C, H = x.shape[-1], w1.shape[0]
+    C, H = int(x.shape[-1]), int(w1.shape[0])  # int(): see forward_applies
     pw_config = pw_tile or (None if gemm_tile else PW_TILES.get((C, H, save)))
     gemm_config = gemm_tile or (None if pw_config else GEMM_TILES.get((C, H, save)))
     if pw_config is None and gemm_config is None:  # a shape where neither path beat the PyTorch ops, or unmeasured
