@@ -1,9 +1,9 @@
 """The compiled-inference ops (``sret::attn_residual``, ``sret::mlp_residual``), run through Triton's CPU interpreter.
 
 Under ``torch.compile`` on a GPU, Inductor traces these ops' bodies; here they run eagerly through the dispatcher,
-which checks the plumbing a compiled model depends on: the same kernels and results as the eager fused sublayers,
-every sublayer of a model routed through an op when the model is being compiled for inference, and none when an
-autograd graph is built. The GPU check (``benchmarks/check_compiled.py``) compiles the model for real.
+which checks the plumbing a compiled model depends on: the same kernels, results and gradients as the eager fused
+sublayers (the training ops' registered backward included), and every sublayer of a model routed through an op when
+the model is being compiled, for inference and for a training step. The GPU check (``benchmarks/check_compiled.py``) compiles the model for real.
 
 The interpreter needs ``TRITON_INTERPRET=1`` before Triton is imported, hence the subprocess.
 """
@@ -49,6 +49,27 @@ SCRIPT = textwrap.dedent(
         got = CO.mlp_residual(t, nll.norm1, nll.mlp, nll.coefficient1, nll.coefficient2)
         assert got is not None and torch.equal(got, want), rel(got, want)
 
+    # Training: each training op and its registered backward against the eager fused sublayer, bit for bit (values
+    # and every gradient), shuffled groups included.
+    def grads_of(fn, *args):
+        t_in = t.clone().requires_grad_(True)
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            y = fn(t_in, *args)
+        y.float().square().sum().backward()
+        return [y.detach(), t_in.grad] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    model.train()
+    for groups, p in ((1, None), (4, perm)):
+        inv = None if p is None else torch.argsort(p)
+        args = (block.norm1, block.attn, groups, p, inv, block.coefficient1, block.coefficient2)
+        want, got = grads_of(FU.attn_residual, *args), grads_of(CO.attn_residual, *args)
+        assert len(got) == len(want) == 2 + 8 and all(torch.equal(a, b) for a, b in zip(got, want)), groups
+    args = (block.norm2, block.mlp, block.coefficient3, block.coefficient4)
+    want, got = grads_of(FU.mlp_residual, *args), grads_of(CO.mlp_residual, *args)
+    assert len(got) == len(want) == 2 + 8 and all(torch.equal(a, b) for a, b in zip(got, want))
+    model.eval()
+
     # The whole model as torch.compile traces it (is_compiling True): every sublayer through an op, logits within
     # float16 rounding of the eager fused path and of the plain modules (the compiled path before these ops).
     calls = []
@@ -76,13 +97,23 @@ SCRIPT = textwrap.dedent(
     plain = logits(True, ops="0")
     assert not calls
     assert rel(via_ops, eager) < 1e-2 and rel(via_ops, plain) < 1e-2, (rel(via_ops, eager), rel(via_ops, plain))
-    # An autograd graph (grad mode with parameters that require grad) keeps the plain modules: the ops have no backward.
-    logits(True, grad=True)
-    assert not calls
+    # A training step through the training ops: every sublayer, logits and gradients within float16 rounding of
+    # the eager fused step's (same permutations: the same seed).
+    def step(compiling):
+        torch.manual_seed(3)
+        model.zero_grad()
+        out = logits(compiling, grad=True)
+        out.square().sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
     model.train()
-    with torch.no_grad():
-        logits(True)
-    assert not calls
+    calls.clear()
+    eager_out, eager_grads = step(False)
+    ops_out, ops_grads = step(True)
+    assert calls.count("attn_residual") == 20 and calls.count("mlp_residual") == 40, calls
+    assert rel(ops_out, eager_out) < 1e-2 and eager_grads.keys() == ops_grads.keys()
+    errs = sorted(rel(ops_grads[n], eager_grads[n]) for n in eager_grads if eager_grads[n].norm() > 0)
+    assert errs[len(errs) // 2] < 1e-2, errs[-5:]
     print("ok")
     """
 )

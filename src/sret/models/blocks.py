@@ -100,12 +100,9 @@ class RecursiveBlock(nn.Module):
                                     self.coefficient2, _drop_path_scale(self.drop_path, x))
             return fused.mlp_residual(x, self.norm2, self.mlp, self.coefficient3, self.coefficient4,
                                       _drop_path_scale(self.drop_path, x))
-        if self._compiled_ops_ok(x):  # compiled inference: the fused kernels as ops Inductor traces
-            x = compiled_ops.attn_residual(x, self.norm1, self.attn, groups, perm, inv_perm, self.coefficient1,
-                                           self.coefficient2)
-            out = compiled_ops.mlp_residual(x, self.norm2, self.mlp, self.coefficient3, self.coefficient4)
-            return out if out is not None else _weighted_sum(x, self.mlp(self.norm2(x)), self.coefficient3,
-                                                             self.coefficient4)
+        out = self._compiled_ops(x, groups, perm, inv_perm)  # under torch.compile: the fused kernels as ops
+        if out is not None:
+            return out
         y = self.drop_path(self.attn(self.norm1(x), groups, perm, inv_perm))
         x = _weighted_sum(x, y, self.coefficient1, self.coefficient2)
         y = self.drop_path(self.mlp(self.norm2(x)))
@@ -117,11 +114,24 @@ class RecursiveBlock(nn.Module):
         return (x.dim() == 3 and fused.fused_enabled() and not dropout and attn.qkv.bias is not None
                 and _fusable_mlp(self.mlp, self.training))
 
-    def _compiled_ops_ok(self, x: torch.Tensor) -> bool:
+    def _compiled_ops(self, x: torch.Tensor, groups: int, perm: Optional[torch.Tensor],
+                      inv_perm: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The block through ``compiled_ops`` (under ``torch.compile``), or None where its attention op does not
+        apply; an MLP shape the kernels do not take runs as modules after the attention op."""
         attn = self.attn
-        return (attn.attn_impl == "sdpa" and attn.qkv.bias is not None and _fusable_mlp(self.mlp, self.training)
-                and compiled_ops.enabled(x, self.training, attn.qkv.weight, attn.proj.weight, self.mlp.fc1.weight,
-                                         self.norm1.weight))
+        dropout = self.training and (attn.attn_drop.p > 0 or attn.proj_drop.p > 0)
+        if (dropout or attn.attn_impl != "sdpa" or attn.qkv.bias is None or not _fusable_mlp(self.mlp, self.training)
+                or not compiled_ops.enabled(x)):
+            return None
+        x = compiled_ops.attn_residual(x, self.norm1, attn, groups, perm, inv_perm, self.coefficient1,
+                                       self.coefficient2, _drop_path_scale(self.drop_path, x))
+        if x is None:
+            return None
+        out = compiled_ops.mlp_residual(x, self.norm2, self.mlp, self.coefficient3, self.coefficient4,
+                                        _drop_path_scale(self.drop_path, x))
+        if out is None:
+            out = _weighted_sum(x, self.drop_path(self.mlp(self.norm2(x))), self.coefficient3, self.coefficient4)
+        return out
 
 
 class NonLinearProjection(nn.Module):
@@ -144,8 +154,7 @@ class NonLinearProjection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3 and fused.fused_enabled() and _fusable_mlp(self.mlp, self.training):
             return fused.mlp_residual(x, self.norm1, self.mlp, self.coefficient1, self.coefficient2)
-        if _fusable_mlp(self.mlp, self.training) and compiled_ops.enabled(x, self.training, self.mlp.fc1.weight,
-                                                                         self.norm1.weight):
+        if _fusable_mlp(self.mlp, self.training) and compiled_ops.enabled(x):
             out = compiled_ops.mlp_residual(x, self.norm1, self.mlp, self.coefficient1, self.coefficient2)
             if out is not None:
                 return out

@@ -263,8 +263,14 @@ def backward_applies(qkv: torch.Tensor, groups: int, heads: int) -> bool:
     or a shape in :data:`BACKWARD_TILES`."""
     if not _supported(qkv, groups, heads):
         return False
-    n, D = qkv.shape[1] // groups, qkv.shape[2] // (3 * heads)
-    return _config(n, D) is not None and (n <= _MAX_ONE_TILE or (n, D) in BACKWARD_TILES)
+    return backward_tiles_cover(int(qkv.shape[1]) // groups, int(qkv.shape[2]) // (3 * heads))
+
+
+def backward_tiles_cover(n: int, width: int) -> bool:
+    """Whether the forward and backward kernels have tiles for groups of ``n`` tokens and heads ``width`` wide (the
+    shape part of :func:`backward_applies`, for callers that decide before q/k/v exist)."""
+    return width in _HEAD_DIMS and _config(n, width) is not None and (n <= _MAX_ONE_TILE
+                                                                      or (n, width) in BACKWARD_TILES)
 
 
 def group_attention_backward(qkv: torch.Tensor, do: torch.Tensor, groups: int, heads: int, scale: float,
