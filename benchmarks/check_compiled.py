@@ -1,5 +1,5 @@
-"""Compiled inference on the GPU: ``torch.compile`` with the fused sublayers as ops, against float64 and the plain
-modules, then its step time with the ops on and off.
+"""Compiled inference and training on the GPU: ``torch.compile`` with the fused sublayers as ops, against float64
+(inference) or the eager fused step (training) and the plain modules, then the step times with the ops on and off.
 
 For each model (parameters moved away from their init first, as ``check_inference.py`` does, so that a dropped
 coefficient or a wrong fold shows): ``torch.compile(model, fullgraph=True)`` in eval, bf16 autocast, with the ops
@@ -87,6 +87,73 @@ def check(name: str, batch: int) -> bool:
     return ok
 
 
+def _train_step(step_model, x, y, opt=None):
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(step_model(x), y)
+    loss.backward()
+    if opt is not None:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return loss
+
+
+def check_train(name: str, batch: int) -> bool:
+    """A compiled training step with the training ops (``SRET_COMPILED_OPS=1``) and without (``=0``), each against
+    the eager fused step: loss and gradients (median relative error over the parameters), with the same (fixed)
+    permutations and no drop path. The ops' gradient error must be within 1.5x the plain modules'. Then both compiled
+    steps (forward, backward, AdamW) timed at ``batch`` with their peak memory."""
+    torch.manual_seed(0)
+    model = sret.create_model(name, drop_path_rate=0.0).cuda().train()
+    # Compiled random draws differ from eager ones: the training permutations are pinned to the model's fixed
+    # (eval) ones, so that both steps shuffle alike
+    for stage in model.transformers:
+        stage._permutation = lambda step, n, device, stage=stage: getattr(stage, f"perm{step}")
+    x = torch.randn(32, 3, 224, 224, device="cuda")
+    y = torch.randint(0, 1000, (32,), device="cuda")
+
+    def grads(step_model):
+        torch.manual_seed(1)
+        model.zero_grad(set_to_none=True)
+        loss = _train_step(step_model, x, y)
+        return loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    want_loss, want = grads(model)
+    errs, ok = {}, True
+    for ops in ("1", "0"):
+        compiled = _compiled(model, ops)
+        grads(compiled)  # compiles
+        loss, got = grads(compiled)
+        per = sorted(_rel(got[n], want[n]) for n in want if want[n].norm() > 0)
+        errs[ops] = per[len(per) // 2]
+        ok &= got.keys() == want.keys() and abs(loss - want_loss) < 1e-2 * abs(want_loss)
+        print(f"{name} train SRET_COMPILED_OPS={ops}: loss {loss:.5f} (eager fused {want_loss:.5f}), median grad rel "
+              f"err vs eager fused {errs[ops]:.2e}, worst {per[-1]:.2e}", flush=True)
+    ok &= errs["1"] <= 1.5 * errs["0"]
+    xb = torch.randn(batch, 3, 224, 224, device="cuda")
+    yb = torch.randint(0, 1000, (batch,), device="cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    for ops in ("1", "0"):
+        compiled = _compiled(model, ops)
+        for _ in range(3):
+            _train_step(compiled, xb, yb, opt)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(3):
+            start.record()
+            for _ in range(10):
+                _train_step(compiled, xb, yb, opt)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 10)
+        ms = statistics.median(times)
+        print(f"{name} train SRET_COMPILED_OPS={ops}: {ms:.2f} ms/step at batch {batch} ({batch / ms * 1e3:,.0f} "
+              f"img/s), peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", flush=True)
+    print(f"{name} train: {'OK' if ok else 'FAILED'}", flush=True)
+    return ok
+
+
 def check_dynamic(name: str) -> bool:
     """Symbolic shapes: every dimension (``dynamic=True``: the token count gets pinned where the ops read their tile
     tables), then the batch alone (what a second batch size makes of it). Two batch sizes each, the eager fused
@@ -116,9 +183,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["sret_t", "sret_t_wo_slice", "sret_s"])
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--train-only", action="store_true", help="only the training checks")
     args = parser.parse_args()
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
-    results = [check(name, args.batch_size) for name in args.models]
+    results = [check(name, args.batch_size) for name in args.models] if not args.train_only else []
+    results += [check_train(name, args.batch_size) for name in args.models]
+    if args.train_only:
+        return 0 if all(results) else 1
     try:
         results.append(check_dynamic(args.models[0]))
     except Exception as exc:  # reported, and a failure: a dynamic batch must compile too
