@@ -10,6 +10,8 @@ launches the fused kernels (``_mlp_residual_fwd_pw`` and friends) and the step t
 events, median of 5 windows of 20 steps, after the compilation and 5 warm-up steps).
 
     PYTHONPATH=src python3 benchmarks/check_compiled.py [--models sret_t sret_s] [--batch-size 256]
+    TORCHINDUCTOR_LOOP_ORDERING_AFTER_FUSION=0 PYTHONPATH=src python3 benchmarks/check_compiled.py --models sret_t \
+        --train-only
 """
 
 from __future__ import annotations
@@ -101,7 +103,9 @@ def check_train(name: str, batch: int) -> bool:
     """A compiled training step with the training ops (``SRET_COMPILED_OPS=1``) and without (``=0``), each against
     the eager fused step: loss and gradients (median relative error over the parameters), with the same (fixed)
     permutations and no drop path. The ops' gradient error must be within 1.5x the plain modules'. Then both compiled
-    steps (forward, backward, AdamW) timed at ``batch`` with their peak memory."""
+    steps (forward, backward, AdamW) timed at ``batch`` with their peak memory. With torch 2.11 this needs
+    ``TORCHINDUCTOR_LOOP_ORDERING_AFTER_FUSION=0`` (Inductor's loop reordering asserts on the backward graph)."""
+    os.environ["SRET_COMPILED_TRAIN"] = "1"  # training through the ops is opt-in
     torch.manual_seed(0)
     model = sret.create_model(name, drop_path_rate=0.0).cuda().train()
     # Compiled random draws differ from eager ones: the training permutations are pinned to the model's fixed

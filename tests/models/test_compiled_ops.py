@@ -1,9 +1,11 @@
-"""The compiled-inference ops (``sret::attn_residual``, ``sret::mlp_residual``), run through Triton's CPU interpreter.
+"""The ops compiled models run (``sret::attn_residual``, ``sret::mlp_residual`` and their training forms), run
+through Triton's CPU interpreter.
 
 Under ``torch.compile`` on a GPU, Inductor traces these ops' bodies; here they run eagerly through the dispatcher,
 which checks the plumbing a compiled model depends on: the same kernels, results and gradients as the eager fused
 sublayers (the training ops' registered backward included), and every sublayer of a model routed through an op when
-the model is being compiled, for inference and for a training step. The GPU check (``benchmarks/check_compiled.py``) compiles the model for real.
+the model is being compiled, for inference and (opt-in) for a training step. The GPU check
+(``benchmarks/check_compiled.py``) compiles the model for real.
 
 The interpreter needs ``TRITON_INTERPRET=1`` before Triton is imported, hence the subprocess.
 """
@@ -60,6 +62,7 @@ SCRIPT = textwrap.dedent(
         return [y.detach(), t_in.grad] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     model.train()
+    os.environ["SRET_COMPILED_TRAIN"] = "1"  # opt-in (compiled_ops.py says why)
     for groups, p in ((1, None), (4, perm)):
         inv = None if p is None else torch.argsort(p)
         args = (block.norm1, block.attn, groups, p, inv, block.coefficient1, block.coefficient2)
@@ -68,14 +71,24 @@ SCRIPT = textwrap.dedent(
     args = (block.norm2, block.mlp, block.coefficient3, block.coefficient4)
     want, got = grads_of(FU.mlp_residual, *args), grads_of(CO.mlp_residual, *args)
     assert len(got) == len(want) == 2 + 8 and all(torch.equal(a, b) for a, b in zip(got, want))
+    os.environ["SRET_COMPILED_TRAIN"] = "0"
     model.eval()
 
     # The whole model as torch.compile traces it (is_compiling True): every sublayer through an op, logits within
     # float16 rounding of the eager fused path and of the plain modules (the compiled path before these ops).
     calls = []
     originals = {name: getattr(CO, name) for name in ("attn_residual", "mlp_residual")}
+
+    def counted(fn, name):  # counts the calls that ran an op (an entry point returns None where it steps aside)
+        def call(*args):
+            out = fn(*args)
+            if out is not None:
+                calls.append(name)
+            return out
+        return call
+
     for name, fn in originals.items():
-        setattr(CO, name, lambda *a, _fn=fn, _name=name: calls.append(_name) or _fn(*a))
+        setattr(CO, name, counted(fn, name))
 
     def logits(compiling, ops="1", grad=False):
         os.environ["SRET_COMPILED_OPS"] = ops
@@ -97,7 +110,7 @@ SCRIPT = textwrap.dedent(
     plain = logits(True, ops="0")
     assert not calls
     assert rel(via_ops, eager) < 1e-2 and rel(via_ops, plain) < 1e-2, (rel(via_ops, eager), rel(via_ops, plain))
-    # A training step through the training ops: every sublayer, logits and gradients within float16 rounding of
+    # A training step through the training ops (opt-in): every sublayer, logits and gradients within float16 rounding of
     # the eager fused step's (same permutations: the same seed).
     def step(compiling):
         torch.manual_seed(3)
@@ -109,6 +122,9 @@ SCRIPT = textwrap.dedent(
     model.train()
     calls.clear()
     eager_out, eager_grads = step(False)
+    step(True)  # training through the ops is opt-in (SRET_COMPILED_TRAIN=1): by default the plain modules
+    assert not calls
+    os.environ["SRET_COMPILED_TRAIN"] = "1"
     ops_out, ops_grads = step(True)
     assert calls.count("attn_residual") == 20 and calls.count("mlp_residual") == 40, calls
     assert rel(ops_out, eager_out) < 1e-2 and eager_grads.keys() == ops_grads.keys()

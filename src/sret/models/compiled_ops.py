@@ -10,8 +10,13 @@ PyTorch ops around them (GEMMs, casts) compiled with the rest of the graph.
 In training (an autograd graph is built) the forward ops return what the fused backward needs as extra outputs, and
 their registered backward is another op over the same backward code (``torch.library.register_autograd``). The
 attention op takes training only where the Triton kernels cover forward and backward (every SReT-T shape); other
-attention sublayers keep the plain modules there. ``SRET_COMPILED_OPS=0`` switches the ops off (the compiled model
-then runs the plain modules, as before), for A/B measurements in one process.
+attention sublayers keep the plain modules there. Training through the ops is opt-in (``SRET_COMPILED_TRAIN=1``):
+with torch 2.11's Inductor defaults the backward graph fails to compile (an assertion in the scheduler's loop
+reordering), and ``TORCHINDUCTOR_LOOP_ORDERING_AFTER_FUSION=0`` must be set with it. On an H100 it then trained
+SReT-T in 4.09 GiB against 7.41 GiB on the plain modules, at about the same speed (docs/perf_notes.md, run 51).
+
+``SRET_COMPILED_OPS=0`` switches all the ops off (the compiled model then runs the plain modules, as before), for
+A/B measurements in one process.
 """
 
 from __future__ import annotations
@@ -181,6 +186,10 @@ torch.library.register_autograd("sret::attn_residual_train", _attn_grad, setup_c
 
 
 # ---------------------------------------------------------------------------------------------- entry points
+def _training_ops() -> bool:
+    return os.environ.get("SRET_COMPILED_TRAIN", "0") == "1"
+
+
 def enabled(x: Tensor) -> bool:
     """Whether a sublayer may run as one of these ops: under ``torch.compile``, on CUDA with the fused kernels on, and
     not switched off (``SRET_COMPILED_OPS=0``). Each entry point below then decides inference or training.
@@ -195,10 +204,13 @@ def enabled(x: Tensor) -> bool:
 
 def mlp_residual(x: Tensor, norm, mlp, c1, c2, scale: Optional[Tensor] = None) -> Optional[Tensor]:
     """``c1 * x + c2 * s * mlp(norm(x))`` as ``sret::mlp_residual`` (no autograd graph) or ``sret::mlp_residual_train``
-    (``scale``: drop path's per-sample factor, or None), or None where the kernels do not take the shape or, without
-    a graph, drop path is active (the caller runs the modules). Call only where :func:`enabled`."""
+    (``scale``: drop path's per-sample factor, or None; only with ``SRET_COMPILED_TRAIN=1``), or None where the
+    kernels do not take the shape or, without a graph, drop path is active (the caller runs the modules). Call only
+    where :func:`enabled`."""
     dtype = fused.compute_dtype(x)
     graph = fused._builds_graph(x, mlp.fc1.weight, mlp.fc2.weight, norm.weight)
+    if graph and not _training_ops():
+        return None
     if not _kernels.forward_applies(x, mlp.fc1.out_features, dtype, save=graph) or (scale is not None and not graph):
         return None
     a, b = fused._coefs(c1, c2)
@@ -211,13 +223,13 @@ def mlp_residual(x: Tensor, norm, mlp, c1, c2, scale: Optional[Tensor] = None) -
 def attn_residual(x: Tensor, norm, attn, groups: int, perm: Optional[Tensor], inv_perm: Optional[Tensor],
                   c1, c2, scale: Optional[Tensor] = None) -> Optional[Tensor]:
     """``c1 * x + c2 * s * attn(norm(x))`` for a ``SlicedGroupAttention`` with ``attn_impl="sdpa"`` as
-    ``sret::attn_residual`` (no autograd graph) or ``sret::attn_residual_train``, or None where the op does not
-    apply: in training, groups the Triton kernels do not cover; without a graph, an active drop path. Call only
-    where :func:`enabled`."""
+    ``sret::attn_residual`` (no autograd graph) or ``sret::attn_residual_train`` (``SRET_COMPILED_TRAIN=1``), or None
+    where the op does not apply: in training, groups the Triton kernels do not cover; without a graph, an active
+    drop path. Call only where :func:`enabled`."""
     dtype = fused.compute_dtype(x)
     graph = fused._builds_graph(x, attn.qkv.weight, attn.proj.weight, norm.weight)
     width = fused.padded_head_width(attn)
-    if graph and not (fused._direct_backward() and dtype in (torch.bfloat16, torch.float16)
+    if graph and not (_training_ops() and fused._direct_backward() and dtype in (torch.bfloat16, torch.float16)
                       and backward_tiles_cover(int(x.shape[1]) // groups, width or attn.head_dim)):
         return None
     if scale is not None and not graph:
