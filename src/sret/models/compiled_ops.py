@@ -1,8 +1,8 @@
-"""The fused inference sublayers as ``torch.library.triton_op``s: what a compiled model runs for them.
+"""The fused sublayers as ``torch.library.triton_op``s: what a compiled model runs for them.
 
 Why: ``torch.compile`` cannot trace the fused sublayers (autograd Functions, tile tables, Triton's Python launch
 path), so a compiled SReT ran its plain modules on Inductor's own kernels: on an H100 its inference step took
-~10.8 ms of GPU time where the fused kernels take ~5.9 ms, with twice the launches (docs/perf_notes.md, run 44). A
+~10.8 ms of GPU time where the fused kernels take ~5.9 ms, with twice the launches (docs/perf_notes.md, run 45). A
 ``triton_op`` is a custom op whose body Inductor traces: the same launch code as the eager fused path (through
 :func:`~sret.models.kernel_launch.launchable`), with the kernels launched by Inductor's own launchers and the
 PyTorch ops around them (GEMMs, casts) compiled with the rest of the graph.
