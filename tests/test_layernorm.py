@@ -8,22 +8,17 @@ The interpreter needs ``TRITON_INTERPRET=1`` before Triton is imported, hence th
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
+from .interpreter import run_in_interpreter
+
 pytest.importorskip("triton")
 
-SCRIPT = textwrap.dedent(
-    """
+SCRIPT = """
     import torch, torch.nn.functional as F
     import sret
     from sret.models.layernorm import TokenLayerNorm, fast_layer_norm, fast_layer_norm_available
-
-    def rel(a, b):
-        return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
     torch.manual_seed(0)
     for C in (64, 126, 504):
@@ -322,14 +317,11 @@ SCRIPT = textwrap.dedent(
         model.eval()(x)
     assert calls
     print("ok")
-    """
-)
+"""
 
 
 def test_triton_layernorm_matches_reference_in_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1", SRET_FAST_LN="1")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-4000:]
+    run_in_interpreter(SCRIPT, SRET_FAST_LN="1")
 
 
 def test_sublayer_kernel_declines_untuned_shapes():

@@ -12,24 +12,17 @@ The interpreter needs ``TRITON_INTERPRET=1`` before Triton is imported, hence th
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
+
+from ..interpreter import run_in_interpreter
 
 pytest.importorskip("triton")
 
-SCRIPT = textwrap.dedent(
-    """
+SCRIPT = """
     import os
     import torch
     import sret
     from sret.models import compiled_ops as CO, fused as FU
-
-    def rel(a, b):
-        return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
     torch.manual_seed(0)
     model = sret.create_model("sret_t", img_size=32, num_classes=10).eval()
@@ -131,11 +124,8 @@ SCRIPT = textwrap.dedent(
     errs = sorted(rel(ops_grads[n], eager_grads[n]) for n in eager_grads if eager_grads[n].norm() > 0)
     assert errs[len(errs) // 2] < 1e-2, errs[-5:]
     print("ok")
-    """
-)
+"""
 
 
 def test_compiled_ops_match_fused_sublayers_in_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1", SRET_FAST_LN="1", SRET_FUSED="1", SRET_FUSED_KERNELS="1")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-4000:]
+    run_in_interpreter(SCRIPT, SRET_FAST_LN="1", SRET_FUSED="1", SRET_FUSED_KERNELS="1")
