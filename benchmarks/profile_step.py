@@ -60,8 +60,28 @@ def _model(name: str):
     return sret.create_model(name) if name in sret.list_models() else timm.create_model(name)
 
 
+def host_profile(step, steps: int, rows: int) -> str:
+    """Where the host's time goes in ``steps`` steps (cProfile, Python functions): the view the kernel table lacks
+    when a step's wall time is well above its GPU time. Top functions by own time, then by cumulative time."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    prof.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(prof, stream=text)
+    stats.sort_stats("tottime").print_stats(rows)
+    stats.sort_stats("cumulative").print_stats(rows)
+    return text.getvalue()
+
+
 def profile_model(name: str, bench: str, batch: int, out: Path, tag: str, steps: int = 3, rows: int = 25,
-                  by_shape: tuple[str, ...] = (), compile_mode: Optional[str] = None) -> None:
+                  by_shape: tuple[str, ...] = (), compile_mode: Optional[str] = None, host: bool = False) -> None:
     model = _model(name).cuda().train(bench == "train")
     if compile_mode is not None:  # "default" or a torch.compile mode; profiled after the compilation (warm-up)
         model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
@@ -94,6 +114,10 @@ def profile_model(name: str, bench: str, batch: int, out: Path, tag: str, steps:
         shaped.sort(key=lambda e: -e.self_device_time_total)
         table += f"\n\n{op} by input shapes (per step: calls, GPU us):\n" + "\n".join(
             f"{e.count / steps:7.1f} {e.self_device_time_total / steps:9.1f}  {e.input_shapes}" for e in shaped[:rows])
+    table += "\n\nBy CPU self time:\n" + events.table(sort_by="self_cpu_time_total", row_limit=rows,
+                                                     max_name_column_width=70)
+    if host:
+        table += f"\n\nHost (cProfile, {steps} steps):\n" + host_profile(step, steps, rows)
     (out / f"profile_{name}_{bench}_{tag}.txt").write_text(head + "\n" + table)
     print(head, flush=True)
     kept = [ln for ln in table.splitlines()[3:3 + 14]]
@@ -134,6 +158,7 @@ def main() -> int:
     parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                         help="profile torch.compile(model) (after its compilation), optionally in a compile mode")
     parser.add_argument("--rows", type=int, default=25, help="kernels listed per profile")
+    parser.add_argument("--host", action="store_true", help="also profile the host's Python functions (cProfile)")
     parser.add_argument("--by-shape", nargs="*", default=[], metavar="OP",
                         help="also list these ops (e.g. aten::copy_) split by input shapes")
     args = parser.parse_args()
@@ -151,7 +176,7 @@ def main() -> int:
                     try:
                         tag = variant.replace("=", "").replace(",", "_")
                         profile_model(name, bench, args.batch_size, args.out, tag, rows=args.rows,
-                                      by_shape=tuple(args.by_shape), compile_mode=args.compile)
+                                      by_shape=tuple(args.by_shape), compile_mode=args.compile, host=args.host)
                     except Exception as exc:  # keep going: one failure should not cost the call
                         print(f"!!! {name} {bench} [{variant}]: {type(exc).__name__}: {exc}", flush=True)
         finally:

@@ -94,7 +94,7 @@ if triton is not None:
     @triton.jit
     def _ln_bwd(X, DY, DX, W, Mean, Rstd, DW, DB, G, C1, GX, GS, S, M, C, N_TOK, num_tiles,
                 HAS_RES: tl.constexpr, HAS_GSUM: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_C: tl.constexpr):
+                BLOCK_C: tl.constexpr, ACC2D: tl.constexpr):
         # Each program walks tiles pid, pid + P, ... and keeps its own dW/dB partial sums (reduced by the caller),
         # so the weight gradients need no atomics and stay deterministic. With HAS_RES the same pass also finishes
         # a scaled residual ``out = c1 * x + f(LN(x))``: DX += c1 * G and a partial sum(G * X) (the gradient of c1)
@@ -106,10 +106,14 @@ if triton is not None:
         cols = tl.arange(0, BLOCK_C)
         cmask = cols < C
         w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
-        dw_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
-        db_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
-        gx_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
-        gs_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        # ACC2D: the column sums accumulate per element of the tile, (BLOCK_M, BLOCK_C), and are reduced over rows
+        # once at the end; else each tile's rows are summed as it is done (a reduction across warps a tile, each
+        # through shared memory with a barrier).
+        acc_rows: tl.constexpr = BLOCK_M if ACC2D else 1
+        dw_acc = tl.zeros((acc_rows, BLOCK_C), dtype=tl.float32)
+        db_acc = tl.zeros((acc_rows, BLOCK_C), dtype=tl.float32)
+        gx_acc = tl.zeros((acc_rows, BLOCK_C), dtype=tl.float32)
+        gs_acc = tl.zeros((acc_rows, BLOCK_C), dtype=tl.float32)
         if HAS_RES:
             c1 = tl.load(C1).to(tl.float32)
         for tile in range(pid, num_tiles, nprog):
@@ -129,26 +133,58 @@ if triton is not None:
             if HAS_RES:
                 g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
                 dx += c1 * g
-                gx_acc += tl.sum(g * x, axis=0)
+                if ACC2D:
+                    gx_acc += g * x
+                else:
+                    gx_acc += tl.sum(g * x, axis=0)[None, :]
                 if HAS_GSUM:
                     if HAS_SCALE:
                         g = g * tl.load(S + rows // N_TOK, mask=rmask, other=0.0).to(tl.float32)[:, None]
-                    gs_acc += tl.sum(g, axis=0)
+                    if ACC2D:
+                        gs_acc += g
+                    else:
+                        gs_acc += tl.sum(g, axis=0)[None, :]
             tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
-            dw_acc += tl.sum(dy * xhat, axis=0)
-            db_acc += tl.sum(dy, axis=0)
-        tl.store(DW + cols * nprog + pid, dw_acc, mask=cmask)
-        tl.store(DB + cols * nprog + pid, db_acc, mask=cmask)
+            if ACC2D:
+                dw_acc += dy * xhat
+                db_acc += dy
+            else:
+                dw_acc += tl.sum(dy * xhat, axis=0)[None, :]
+                db_acc += tl.sum(dy, axis=0)[None, :]
+        tl.store(DW + cols * nprog + pid, tl.sum(dw_acc, axis=0), mask=cmask)
+        tl.store(DB + cols * nprog + pid, tl.sum(db_acc, axis=0), mask=cmask)
         if HAS_RES:
-            tl.store(GX + cols * nprog + pid, gx_acc, mask=cmask)
+            tl.store(GX + cols * nprog + pid, tl.sum(gx_acc, axis=0), mask=cmask)
             if HAS_GSUM:
-                tl.store(GS + cols * nprog + pid, gs_acc, mask=cmask)
+                tl.store(GS + cols * nprog + pid, tl.sum(gs_acc, axis=0), mask=cmask)
 
 
 def _tiling(C: int) -> tuple[int, int]:
     block_c = triton.next_power_of_2(C)
     block_m = max(1, 4096 // block_c)  # ~4k elements a program: enough rows in flight, no register spills
     return block_m, block_c
+
+
+# The backward's launch: (rows a tile, warps, programs per SM (0: one program per tile), column sums per element).
+BackwardConfig = tuple[int, int, int, bool]
+
+# The fastest launch per SReT width at batch 256 (``benchmarks/sweep_ln_backward.py``, H100, run 54; the rows of one
+# width differ only with the batch). Four warps throughout: with eight, the row sums run in another order and dx
+# changes in its last bits. The per-element column sums (ACC2D) cut SReT-T's three shapes from 85 / 65 / 52 us to
+# 71 / 43 / 34 us; SReT-S's 252 and 504 wide rows keep the per-tile sums, which won there.
+_BACKWARD_TABLE: dict[int, BackwardConfig] = {
+    64: (32, 4, 2, True), 128: (16, 4, 2, True), 256: (8, 4, 2, True),
+    126: (8, 4, 4, True), 252: (8, 4, 4, False), 504: (8, 4, 2, False),
+}
+
+
+def backward_config(M: int, C: int) -> BackwardConfig:
+    """The LayerNorm backward's launch for M rows of C channels: the measured table, else ~4k-element tiles with the
+    sums per tile, four programs per SM."""
+    if C in _BACKWARD_TABLE:
+        return _BACKWARD_TABLE[C]
+    block_m, _ = _tiling(C)
+    return block_m, 4, 4, False
 
 
 def ones_column_width(C: int) -> int:
@@ -191,19 +227,22 @@ def ln_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: 
 def ln_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
                 residual_grad: Optional[torch.Tensor] = None, c1: Optional[torch.Tensor] = None,
                 grad_sum: bool = False, scale: Optional[torch.Tensor] = None, tokens: int = 1,
+                config: Optional[BackwardConfig] = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Gradients of :func:`ln_forward` for the incoming ``dy2`` (M, C): ``(dx, dweight, dbias, dc1, gsum)``.
 
     With ``residual_grad`` (the gradient ``g`` of ``out = c1 * x + f(LN(x))``, float32, (M, C)) and the one-element
     ``c1``, ``dx`` also carries ``c1 * g`` and ``dc1 = sum(g * x)``; otherwise ``dc1`` is None. With ``grad_sum``
     (needs ``residual_grad``) ``gsum`` is the column sum of ``g``, each row times ``scale[row // tokens]`` if
-    ``scale`` (B,) is given; otherwise None.
+    ``scale`` (B,) is given; otherwise None. ``config`` overrides :func:`backward_config` (for the tile sweep,
+    ``benchmarks/sweep_ln_backward.py``).
     """
     M, C = x2.shape
     dx = torch.empty((M, C), device=x2.device, dtype=x2.dtype)
-    block_m, block_c = _tiling(C)
+    block_m, warps, per_sm, acc2d = config or backward_config(M, C)
+    block_c = triton.next_power_of_2(C)
     num_tiles = triton.cdiv(M, block_m)
-    programs = min(num_tiles, 4 * _sm_count(x2.device))
+    programs = min(num_tiles, per_sm * _sm_count(x2.device)) if per_sm else num_tiles
     has_res = residual_grad is not None
     if has_res and c1 is None:
         raise ValueError("ln_backward: residual_grad needs its coefficient c1")
@@ -221,7 +260,7 @@ def ln_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean:
     launchable(_ln_bwd)[(programs,)](
         x2, dy2, dx, weight, mean, rstd, dw, db, residual_grad if has_res else x2, c1 if has_res else weight, gx, gs,
         scale if scale is not None else weight, M, C, tokens, num_tiles, HAS_RES=has_res, HAS_GSUM=grad_sum,
-        HAS_SCALE=scale is not None, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
+        HAS_SCALE=scale is not None, BLOCK_M=block_m, BLOCK_C=block_c, ACC2D=acc2d, num_warps=warps)
     sums = partial.sum(-1)  # (n, C)
     dc1 = sums[2].sum().reshape(1) if has_res else None
     gsum = sums[3] if grad_sum else None
