@@ -64,6 +64,28 @@ SCRIPT = """
         for a, ref in zip((dx, dw, db, dc1), want):
             assert rel(a, ref) < 1e-5, (C, rel(a, ref))
         assert rel(y, F.layer_norm(x.double(), (C,), w.double(), b.double(), 1e-6)) < 1e-6
+        # Every launch of the backward gives the same gradients: per-tile or per-element column sums (ACC2D), one
+        # tile or several a program; dx row by row, the sums to float32 rounding.
+        for cfg in ((8, 4, 1, True), (16, 4, 2, True), (32, 4, 1, False), (64, 4, 8, True)):
+            got = ln_backward(gy, x, w, mean, rstd, g, c1, grad_sum=True, scale=scale, tokens=100, config=cfg)
+            assert torch.equal(got[0], dx), cfg
+            for a, ref in zip(got[1:], (dw, db, dc1, gsum)):
+                assert rel(a, ref) < 1e-5, (cfg, rel(a, ref))
+
+    # The projection's parameter gradients in one launch (sublayer_kernels.finish_projection): from a float16
+    # weight-gradient GEMM output that is wider than the weight (zero padding columns) or transposed in memory.
+    from sret.models import sublayer_kernels as K
+    for n_out, n_in, pad in ((64, 230, 26), (37, 45, 0), (3, 2000, 8)):
+        w, b, gb = torch.randn(n_out, n_in), torch.randn(n_out), torch.randn(n_out)
+        c2 = torch.tensor([1.3])
+        gw = torch.cat([torch.randn(n_out, n_in), torch.zeros(n_out, pad)], 1).half()
+        for gw_in in (gw, gw.t().contiguous().t()):
+            dw, db, dc2 = K.finish_projection(gw_in, gb, w, b, c2)
+            g64 = gw[:, :n_in].double()
+            assert dw.dtype == torch.float32 and dw.shape == (n_out, n_in) and dw.is_contiguous()
+            assert rel(dw, g64 * 1.3) < 1e-7 and rel(db, gb.double() * 1.3) < 1e-7
+            want = (w.double() * g64).sum() + (b.double() * gb.double()).sum()
+            assert dc2.shape == (1,) and rel(dc2, want) < 1e-5, rel(dc2, want)
 
     # The one-launch MLP sublayer forward and the residual kernel (sublayer_kernels.py) against the PyTorch ops they
     # replace, rounding points included. float16: Triton's interpreter mishandles bfloat16 dots (bf16 is checked on

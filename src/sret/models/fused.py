@@ -164,11 +164,11 @@ def _projection_grads(g_s: torch.Tensor, a: torch.Tensor, w: torch.Tensor, c2: O
                       dtype: torch.dtype):
     """Backward of ``out += c2 * (a @ w.T + b)`` where ``g_s`` is d out (drop-path scale applied), 2-D.
 
-    Returns ``(da, gw)`` with ``gw = g_s^T a``; :func:`_finish_projection` turns it and the column sum of ``g_s``
-    (which the LayerNorm backward computes in its pass) into the parameter gradients.
+    Returns ``(da, gw)`` with ``gw = g_s^T a`` in the compute dtype; :func:`_finish_projection` turns it and the
+    column sum of ``g_s`` (which the LayerNorm backward computes in its pass) into the parameter gradients.
     """
     g16 = g_s.to(dtype)
-    return _projection_input_grad(g16, w, c2, dtype), _projection_weight_grad(g16, a, w)
+    return _projection_input_grad(g16, w, c2, dtype), _projection_weight_grad(g16, a)
 
 
 def _projection_input_grad(g16: torch.Tensor, w: torch.Tensor, c2: Optional[torch.Tensor], dtype: torch.dtype):
@@ -176,20 +176,28 @@ def _projection_input_grad(g16: torch.Tensor, w: torch.Tensor, c2: Optional[torc
     return torch.mm(g16, (w * c2 if c2 is not None else w).to(dtype))
 
 
-def _projection_weight_grad(g16: torch.Tensor, a: torch.Tensor, w: torch.Tensor):
-    """``gw = g_s^T a`` (C_out, C_in), in the parameter's dtype as autograd accumulates it (the second half)."""
-    return torch.mm(g16.t(), a).to(w.dtype)
+def _projection_weight_grad(g16: torch.Tensor, a: torch.Tensor):
+    """``gw = g_s^T a`` (C_out, C_in) in the compute dtype, as the GEMM returns it (the second half);
+    :func:`_finish_projection` brings it to the parameter's dtype."""
+    return torch.mm(g16.t(), a)
 
 
 def _finish_projection(gw: torch.Tensor, gb: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
                        c2: Optional[torch.Tensor]):
     """``(dw, db, dc2)`` of ``out += c2 * (a @ w.T + b)`` from ``gw = g_s^T a`` and ``gb = sum g_s``.
 
-    ``dc2 = sum(g_s * (a w^T + b)) = <w, gw> + <b, gb>`` reuses the weight gradient's product instead of saving the
-    branch output and reducing over every token.
+    ``gw`` may be wider than ``w`` (zero padding columns of a padded activation): its first ``w.shape[1]`` columns
+    count. ``dc2 = sum(g_s * (a w^T + b)) = <w, gw> + <b, gb>`` reuses the weight gradient's product instead of
+    saving the branch output and reducing over every token. On CUDA one Triton kernel does it all
+    (``sublayer_kernels.finish_projection``).
     """
+    if c2 is not None:
+        fused = _kernels.finish_projection(gw, gb, w, b, c2)
+        if fused is not None:
+            return fused
+    gw = gw[:, :w.shape[1]].to(w.dtype)
     if c2 is None:
-        return gw, gb, None
+        return gw.contiguous(), gb, None
     dc2 = (torch.dot(w.reshape(-1), gw.reshape(-1)) + torch.dot(b, gb)).reshape(1)
     dw, db = torch._foreach_mul([gw, gb], c2.view(()))  # one launch for both
     return dw, db, dc2
@@ -228,6 +236,7 @@ class _MlpResidual(torch.autograd.Function):
         g = g.contiguous()
         g_s = g if scale is None else g * scale.view(B, 1, 1)  # d out / d (c2 * branch)
         hidden, width = w1.shape[0], h.shape[1]
+        w2_param = w2
         if width > hidden:  # the kernels saved h at an aligned width (zero columns): weights padded to match
             w2 = F.pad(w2, (0, width - hidden))
             if w1_16 is None:  # else the kernels' padded copy of W1 serves (see _ln_linear_backward's w16)
@@ -244,12 +253,12 @@ class _MlpResidual(torch.autograd.Function):
             a, dh = fused
         else:
             a, dh = F.gelu(h), torch.ops.aten.gelu_backward(da, h)  # (B*N, width), zeros in the padding columns
-        gw2 = _projection_weight_grad(g16, a, w2)
+        gw2 = _projection_weight_grad(g16, a)  # (C, width)
         dx, dlw, dlb, dw1, db1, dc1, gb2 = _ln_linear_backward(dh, x, ln_w, ln_b, w1, mean, rstd, g, c1, scale,
                                                                ctx.eps, dtype, triton, w16=w1_16)
-        dw2, db2, dc2 = _finish_projection(gw2, gb2, w2, b2, c2)  # dc2 unchanged: w2's padding is zero
+        dw2, db2, dc2 = _finish_projection(gw2, gb2, w2_param, b2, c2)  # (C, hidden): the padding columns dropped
         if width > hidden:  # back to the parameters' shapes
-            dw1, db1, dw2 = dw1[:hidden].contiguous(), db1[:hidden].contiguous(), dw2[:, :hidden].contiguous()
+            dw1, db1 = dw1[:hidden].contiguous(), db1[:hidden].contiguous()
         return (dx, dlw, dlb, dw1, db1, dw2, db2, dc1, dc2, None, None, None, None)
 
 

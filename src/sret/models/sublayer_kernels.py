@@ -257,6 +257,29 @@ if triton is not None:
         tl.store(DH + offs, (da * (cdf + h * pdf)).to(DH.dtype.element_ty), mask=mask)
 
 
+    @triton.jit
+    def _finish_projection_bwd(GW, GB, W, B, C2, DW, DB, PART, N_OUT, N_IN, GW_SR, GW_SC, BLOCK: tl.constexpr):
+        """Parameter gradients of ``out += c2 * (a @ W.T + B)`` from ``GW = g^T a`` (N_OUT, N_IN; any strides and
+        dtype) and ``GB = sum g`` (N_OUT,): ``DW = c2 * GW`` and ``DB = c2 * GB`` in float32, and per program the
+        partial sum of ``<W, GW> + <B, GB>`` (d c2) for the caller to add up. The flat index runs over W's
+        N_OUT * N_IN elements, then B's N_OUT."""
+        pid = tl.program_id(0)
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+        n_w = N_OUT * N_IN
+        c2 = tl.load(C2).to(tl.float32)
+        wmask = offs < n_w
+        r = offs // N_IN
+        gw = tl.load(GW + r.to(tl.int64) * GW_SR + (offs - r * N_IN) * GW_SC, mask=wmask, other=0.0).to(tl.float32)
+        w = tl.load(W + offs, mask=wmask, other=0.0).to(tl.float32)
+        tl.store(DW + offs, gw * c2, mask=wmask)
+        bo = offs - n_w
+        bmask = (bo >= 0) & (bo < N_OUT)
+        gb = tl.load(GB + bo, mask=bmask, other=0.0).to(tl.float32)
+        b = tl.load(B + bo, mask=bmask, other=0.0).to(tl.float32)
+        tl.store(DB + bo, gb * c2, mask=bmask)
+        tl.store(PART + pid, tl.sum(gw * w, axis=0) + tl.sum(gb * b, axis=0))
+
+
 _GEMM_PAD = 64  # K dimensions (C, H) are padded to a multiple of this: every BLOCK_K used divides it
 
 
@@ -514,3 +537,24 @@ def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale,
         HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, HAS_IDX=y_rows is not None, BLOCK_M=block_m,
         BLOCK_C=block_c, num_warps=4)
     return out
+
+
+def finish_projection(gw: torch.Tensor, gb: torch.Tensor, w: torch.Tensor, b: torch.Tensor, c2: torch.Tensor):
+    """``(dw, db, dc2)`` of ``out += c2 * (a @ w.T + b)`` in two launches, from the weight-gradient GEMM's output
+    ``gw`` (n_out, >= n_in) as it came out (compute dtype, any strides: only its first n_in = w.shape[1] columns are
+    read, so a zero-padded width needs no slicing copy) and ``gb`` = sum of d out (n_out,). Replaces a cast, two dot
+    products, an add and a multiply (five launches a sublayer, each a few microseconds of a ~28 ms training step at
+    SReT-T's sizes). ``dc2`` is summed over per-program partials in a fixed order: deterministic. None where the
+    kernels do not apply (the caller runs the PyTorch ops)."""
+    n_out, n_in = w.shape
+    if not _ln.fused_kernels_enabled(gw) or gw.dim() != 2 or gw.shape[0] != n_out or gw.shape[1] < n_in \
+            or not (w.is_contiguous() and b.is_contiguous() and gb.is_contiguous()):
+        return None
+    block = 2048
+    programs = triton.cdiv(n_out * n_in + n_out, block)
+    dw = torch.empty((n_out, n_in), device=w.device, dtype=w.dtype)
+    db = torch.empty_like(b)
+    part = torch.empty(programs, device=w.device, dtype=torch.float32)
+    launchable(_finish_projection_bwd)[(programs,)](
+        gw, gb, w, b, c2, dw, db, part, n_out, n_in, gw.stride(0), gw.stride(1), BLOCK=block, num_warps=4)
+    return dw, db, part.sum().reshape(1).to(c2.dtype)
