@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every model of issue 3 in one call with the current code: CUDA-graph replays (GPU time) and eager steps, inference
-# and training, sret_t with sdpa and math attention. ~7 min on an H100. COMPILE=1 instead: the torch.compile rows.
+# and training, sret_t with sdpa and math attention. ~7 min on an H100. COMPILE=1 instead: the torch.compile rows
+# (COMPILE_MODE=reduce-overhead etc. for a torch.compile mode).
 set -u
 source experiments/device_env.sh
 OUT=${OUT:-final_suite_out}
@@ -10,8 +11,9 @@ ALL="sret_t_wo_slice sret_s sret_s_wo_slice deit_tiny_patch16_224 deit_small_pat
 {
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv
   if [ "${COMPILE:-0}" = 1 ]; then
-    $B --compile --warmup 3 --models sret_t sret_t_wo_slice deit_tiny_patch16_224 --results-file "$W/compile_t.json"
-    $B --compile --warmup 3 --models sret_s deit_small_patch16_224 --bench infer --results-file "$W/compile_s.json"
+    C="--compile --warmup 3 ${COMPILE_MODE:+--compile-mode $COMPILE_MODE}"
+    $B $C --models sret_t sret_t_wo_slice deit_tiny_patch16_224 --results-file "$W/compile_t.json"
+    $B $C --models sret_s deit_small_patch16_224 --bench infer --results-file "$W/compile_s.json"
   else
     $B --cuda-graph --models sret_t --attn-impl sdpa math --results-file "$W/graph_sret_t.json"
     $B --cuda-graph --models $ALL --results-file "$W/graph_others.json"
