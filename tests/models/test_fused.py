@@ -196,3 +196,17 @@ def test_backward_kernel_table_has_no_unreachable_shapes():
                 reachable.add((C, K.saved_hidden_width(C, H)))
     assert set(K.DA_GELU_TILES) <= reachable, set(K.DA_GELU_TILES) - reachable
     assert K.saved_hidden_width(128, 460) == 480  # SReT-T stage 1: the one-launch kernel's 32-wide tiles
+
+
+def test_layernorm_backward_table_is_keyed_on_sret_widths():
+    """Every ``layernorm._BACKWARD_TABLE`` width is the width of some variant's LayerNorm (a key no model has would
+    never run), and a width outside the table still gets a launch (the default, per-tile sums)."""
+    import sret
+    from sret.models import layernorm as L
+
+    widths = set()
+    for name in ("sret_t", "sret_lt", "sret_s"):
+        widths |= {m.normalized_shape[0] for m in sret.create_model(name).modules() if isinstance(m, L.TokenLayerNorm)}
+    assert set(L._BACKWARD_TABLE) <= widths, set(L._BACKWARD_TABLE) - widths
+    block_m, warps, per_sm, acc2d = L.backward_config(1000, 96)
+    assert block_m * 128 == 4096 and warps == 4 and per_sm == 4 and not acc2d
