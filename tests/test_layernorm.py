@@ -72,20 +72,31 @@ SCRIPT = """
             for a, ref in zip(got[1:], (dw, db, dc1, gsum)):
                 assert rel(a, ref) < 1e-5, (cfg, rel(a, ref))
 
-    # The projection's parameter gradients in one launch (sublayer_kernels.finish_projection): from a float16
-    # weight-gradient GEMM output that is wider than the weight (zero padding columns) or transposed in memory.
-    from sret.models import sublayer_kernels as K
-    for n_out, n_in, pad in ((64, 230, 26), (37, 45, 0), (3, 2000, 8)):
-        w, b, gb = torch.randn(n_out, n_in), torch.randn(n_out), torch.randn(n_out)
-        c2 = torch.tensor([1.3])
-        gw = torch.cat([torch.randn(n_out, n_in), torch.zeros(n_out, pad)], 1).half()
-        for gw_in in (gw, gw.t().contiguous().t()):
-            dw, db, dc2 = K.finish_projection(gw_in, gb, w, b, c2)
-            g64 = gw[:, :n_in].double()
-            assert dw.dtype == torch.float32 and dw.shape == (n_out, n_in) and dw.is_contiguous()
-            assert rel(dw, g64 * 1.3) < 1e-7 and rel(db, gb.double() * 1.3) < 1e-7
-            want = (w.double() * g64).sum() + (b.double() * gb.double()).sum()
-            assert dc2.shape == (1,) and rel(dc2, want) < 1e-5, rel(dc2, want)
+    with torch.random.fork_rng(devices=[]):  # the checks further down keep the random stream they had
+        # The projection's parameter gradients in one launch (sublayer_kernels.finish_projection): from a float16
+        # weight-gradient GEMM output that is wider than the weight (zero padding columns) or transposed in memory.
+        from sret.models import sublayer_kernels as K
+        for n_out, n_in, pad in ((64, 230, 26), (37, 45, 0), (3, 2000, 8)):
+            w, b, gb = torch.randn(n_out, n_in), torch.randn(n_out), torch.randn(n_out)
+            c2 = torch.tensor([1.3])
+            gw = torch.cat([torch.randn(n_out, n_in), torch.zeros(n_out, pad)], 1).half()
+            for gw_in in (gw, gw.t().contiguous().t()):
+                dw, db, dc2 = K.finish_projection(gw_in, gb, w, b, c2)
+                g64 = gw[:, :n_in].double()
+                assert dw.dtype == torch.float32 and dw.shape == (n_out, n_in) and dw.is_contiguous()
+                assert rel(dw, g64 * 1.3) < 1e-7 and rel(db, gb.double() * 1.3) < 1e-7
+                want = (w.double() * g64).sum() + (b.double() * gb.double()).sum()
+                assert dc2.shape == (1,) and rel(dc2, want) < 1e-5, rel(dc2, want)
+        # The backward's GEMM operand c2 * w in one launch, zero-padded to the saved activation's width, and a
+        # sublayer's four parameters cast in one launch: bit for bit the PyTorch ops' values.
+        w, c2 = torch.randn(64, 230), torch.tensor([0.7])
+        got = K.scaled_cast(w, c2, torch.float16, 256)
+        assert got.shape == (64, 256) and torch.equal(got, F.pad((w * c2).half(), (0, 26)))
+        assert torch.equal(K.scaled_cast(w, None, torch.float16), w.half())
+        params = (torch.randn(192, 64), torch.randn(192), torch.randn(64, 64), torch.randn(64))
+        got = K.cast_parameters(params, torch.float16)
+        assert all(torch.equal(a, p.half()) and a.shape == p.shape for a, p in zip(got, params))
+        assert K.cast_parameters(params, torch.float32) is None  # already in that dtype: the PyTorch casts are no-ops
 
     # The one-launch MLP sublayer forward and the residual kernel (sublayer_kernels.py) against the PyTorch ops they
     # replace, rounding points included. float16: Triton's interpreter mishandles bfloat16 dots (bf16 is checked on

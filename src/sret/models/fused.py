@@ -173,7 +173,8 @@ def _projection_grads(g_s: torch.Tensor, a: torch.Tensor, w: torch.Tensor, c2: O
 
 def _projection_input_grad(g16: torch.Tensor, w: torch.Tensor, c2: Optional[torch.Tensor], dtype: torch.dtype):
     """``da = g_s @ (c2 * w)`` for ``g16``, d out in the compute dtype (the first half of :func:`_projection_grads`)."""
-    return torch.mm(g16, (w * c2 if c2 is not None else w).to(dtype))
+    ws = _kernels.scaled_cast(w, c2, dtype)  # one launch on CUDA
+    return torch.mm(g16, ws if ws is not None else (w * c2 if c2 is not None else w).to(dtype))
 
 
 def _projection_weight_grad(g16: torch.Tensor, a: torch.Tensor):
@@ -236,18 +237,17 @@ class _MlpResidual(torch.autograd.Function):
         g = g.contiguous()
         g_s = g if scale is None else g * scale.view(B, 1, 1)  # d out / d (c2 * branch)
         hidden, width = w1.shape[0], h.shape[1]
-        w2_param = w2
-        if width > hidden:  # the kernels saved h at an aligned width (zero columns): weights padded to match
-            w2 = F.pad(w2, (0, width - hidden))
-            if w1_16 is None:  # else the kernels' padded copy of W1 serves (see _ln_linear_backward's w16)
-                w1 = F.pad(w1, (0, 0, 0, width - hidden))
+        # the kernels may have saved h at an aligned width (zero columns past hidden): W1 padded to match where the
+        # kernels' padded copy of it (see _ln_linear_backward's w16) is not kept; W2 is padded where it is used
+        if width > hidden and w1_16 is None:
+            w1 = F.pad(w1, (0, 0, 0, width - hidden))
         # gelu(h) is recomputed (saving it would double the MLP's saved bytes); d fc2-input first, then the
         # activation and its gradient in one pass over h where the kernels run
         g16 = g_s.view(B * N, C).to(dtype)
         # the d fc2-input GEMM with the activation pass as its epilogue (tuned shapes), else the two launches
-        fused = _kernels.da_gelu_and_grad(g16, w2, c2, h) if triton else None
+        fused = _kernels.da_gelu_and_grad(g16, w2, c2, h) if triton else None  # pads W2 in its operand's cast
         if fused is None:
-            da = _projection_input_grad(g16, w2, c2, dtype)
+            da = _projection_input_grad(g16, F.pad(w2, (0, width - hidden)) if width > hidden else w2, c2, dtype)
             fused = _kernels.gelu_and_grad(h, da)
         if fused is not None:
             a, dh = fused
@@ -256,7 +256,7 @@ class _MlpResidual(torch.autograd.Function):
         gw2 = _projection_weight_grad(g16, a)  # (C, width)
         dx, dlw, dlb, dw1, db1, dc1, gb2 = _ln_linear_backward(dh, x, ln_w, ln_b, w1, mean, rstd, g, c1, scale,
                                                                ctx.eps, dtype, triton, w16=w1_16)
-        dw2, db2, dc2 = _finish_projection(gw2, gb2, w2_param, b2, c2)  # (C, hidden): the padding columns dropped
+        dw2, db2, dc2 = _finish_projection(gw2, gb2, w2, b2, c2)  # (C, hidden): the padding columns dropped
         if width > hidden:  # back to the parameters' shapes
             dw1, db1 = dw1[:hidden].contiguous(), db1[:hidden].contiguous()
         return (dx, dlw, dlb, dw1, db1, dw2, db2, dc1, dc2, None, None, None, None)
@@ -385,7 +385,9 @@ class _AttnResidual(torch.autograd.Function):
                 xn, mean, rstd = _ln.ln_forward(x2, ln_w, ln_b, eps, dtype, rows=perm)  # (B*N, C), shuffled order
             else:
                 xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)
-            wqkv16, bqkv16 = wqkv_e.to(dtype), bqkv_e.to(dtype)  # kept for backward: no second cast there
+            # the GEMMs' operands, one launch on CUDA; wqkv16 and bqkv16 are kept for backward: no second cast there
+            cast = _kernels.cast_parameters((wqkv_e, bqkv_e, wp_e, bp), dtype)
+            wqkv16, bqkv16, wp16, bp16 = cast or (t.to(dtype) for t in (wqkv_e, bqkv_e, wp_e, bp))
             qkv = torch.addmm(bqkv16, xn, wqkv16.t()).view(B, N, -1)  # (B, N, 3 * heads * D)
             backend = grouped = None
             if sdpa and (perm is None or shuffle_in_kernels):
@@ -409,7 +411,7 @@ class _AttnResidual(torch.autograd.Function):
                 o = attend(qkv, None, None).reshape(B * N, -1)  # (B*N, heads * D), still shuffled
             else:
                 o = attend(qkv, perm, inv_perm).reshape(B * N, -1)  # (B*N, heads * D), grid token order
-            y = torch.addmm(bp.to(dtype), o, wp_e.to(dtype).t()).view(B, N, C)
+            y = torch.addmm(bp16, o, wp16.t()).view(B, N, C)
             if shuffle_in_kernels:
                 out = _kernels.residual_forward(x, y, c1, c2, scale, y_rows=inv_perm)  # grid order again
             else:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from sret.models import layernorm as _ln
 from sret.models.kernel_launch import launchable
@@ -260,7 +261,7 @@ if triton is not None:
     @triton.jit
     def _finish_projection_bwd(GW, GB, W, B, C2, DW, DB, PART, N_OUT, N_IN, GW_SR, GW_SC, BLOCK: tl.constexpr):
         """Parameter gradients of ``out += c2 * (a @ W.T + B)`` from ``GW = g^T a`` (N_OUT, N_IN; any strides and
-        dtype) and ``GB = sum g`` (N_OUT,): ``DW = c2 * GW`` and ``DB = c2 * GB`` in float32, and per program the
+        dtype) and ``GB = sum g`` (N_OUT,): ``DW = c2 * GW`` and ``DB = c2 * GB`` in W's dtype, and per program the
         partial sum of ``<W, GW> + <B, GB>`` (d c2) for the caller to add up. The flat index runs over W's
         N_OUT * N_IN elements, then B's N_OUT."""
         pid = tl.program_id(0)
@@ -271,13 +272,44 @@ if triton is not None:
         r = offs // N_IN
         gw = tl.load(GW + r.to(tl.int64) * GW_SR + (offs - r * N_IN) * GW_SC, mask=wmask, other=0.0).to(tl.float32)
         w = tl.load(W + offs, mask=wmask, other=0.0).to(tl.float32)
-        tl.store(DW + offs, gw * c2, mask=wmask)
+        tl.store(DW + offs, (gw * c2).to(DW.dtype.element_ty), mask=wmask)
         bo = offs - n_w
         bmask = (bo >= 0) & (bo < N_OUT)
         gb = tl.load(GB + bo, mask=bmask, other=0.0).to(tl.float32)
         b = tl.load(B + bo, mask=bmask, other=0.0).to(tl.float32)
-        tl.store(DB + bo, gb * c2, mask=bmask)
+        tl.store(DB + bo, (gb * c2).to(DB.dtype.element_ty), mask=bmask)
         tl.store(PART + pid, tl.sum(gw * w, axis=0) + tl.sum(gb * b, axis=0))
+
+
+    @triton.jit
+    def _scaled_cast(W, C2, OUT, N_IN, N_OUT, n, HAS_C2: tl.constexpr, BLOCK: tl.constexpr):
+        """``OUT = (C2 * W)`` rounded to OUT's dtype, W (rows, N_IN) float32 contiguous, OUT (rows, N_OUT >= N_IN)
+        with zero columns past N_IN; ``n`` = rows * N_OUT."""
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        r = offs // N_OUT
+        col = offs - r * N_OUT
+        w = tl.load(W + r.to(tl.int64) * N_IN + col, mask=mask & (col < N_IN), other=0.0)
+        if HAS_C2:
+            w = w * tl.load(C2)
+        tl.store(OUT + offs, w.to(OUT.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _cast4(A, B, C, D, OA, OB, OC, OD, NA, NB, NC, ND, BLOCK: tl.constexpr):
+        """Four contiguous tensors cast to their outputs' dtype in one launch: the flat index runs over A, then B, C,
+        D."""
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < NA
+        tl.store(OA + offs, tl.load(A + offs, mask=m).to(OA.dtype.element_ty), mask=m)
+        o = offs - NA
+        m = (o >= 0) & (o < NB)
+        tl.store(OB + o, tl.load(B + o, mask=m).to(OB.dtype.element_ty), mask=m)
+        o = o - NB
+        m = (o >= 0) & (o < NC)
+        tl.store(OC + o, tl.load(C + o, mask=m).to(OC.dtype.element_ty), mask=m)
+        o = o - NC
+        m = (o >= 0) & (o < ND)
+        tl.store(OD + o, tl.load(D + o, mask=m).to(OD.dtype.element_ty), mask=m)
 
 
 _GEMM_PAD = 64  # K dimensions (C, H) are padded to a multiple of this: every BLOCK_K used divides it
@@ -496,17 +528,19 @@ def saved_hidden_width(C: int, H: int) -> int:
 def da_gelu_and_grad(g16: torch.Tensor, w2: torch.Tensor, c2: Optional[torch.Tensor], h: torch.Tensor,
                      config: Optional[tuple[int, int, int, int, int]] = None):
     """``(gelu(h), gelu'(h) * (g16 @ (c2 * w2)))`` in one launch for g16 (M, C) in the compute dtype, fc2's weight
-    w2 (C, HW) and h (M, HW): the MLP backward's d fc2-input GEMM with the activation pass as its epilogue, so the
-    (M, HW) gradient of the activation is never written and read back. ``config`` overrides
-    :data:`DA_GELU_TILES`. None where the kernels do not apply or the shape is not in the table (the caller runs
-    mm + :func:`gelu_and_grad`)."""
+    w2 (C, H <= HW; zero columns up to HW implied) and h (M, HW): the MLP backward's d fc2-input GEMM with the
+    activation pass as its epilogue, so the (M, HW) gradient of the activation is never written and read back.
+    ``config`` overrides :data:`DA_GELU_TILES`. None where the kernels do not apply or the shape is not in the
+    table (the caller runs mm + :func:`gelu_and_grad`)."""
     M, C = g16.shape
     HW = h.shape[1]
     config = config or DA_GELU_TILES.get((C, HW))
-    if (config is None or not _ln.fused_kernels_enabled(h) or g16.dtype != h.dtype or w2.shape != (C, HW)
-            or h.shape[0] != M or not (g16.is_contiguous() and h.is_contiguous())):
+    if (config is None or not _ln.fused_kernels_enabled(h) or g16.dtype != h.dtype or w2.shape[0] != C
+            or w2.shape[1] > HW or h.shape[0] != M or not (g16.is_contiguous() and h.is_contiguous())):
         return None
-    w = (w2 * c2 if c2 is not None else w2).to(h.dtype).contiguous()  # as the unfused mm's operand
+    w = scaled_cast(w2, c2, h.dtype, HW)  # as the unfused mm's operand, zero columns up to h's width
+    if w is None:
+        w = F.pad((w2 * c2 if c2 is not None else w2).to(h.dtype), (0, HW - w2.shape[1])).contiguous()
     block_m, block_n, block_k, warps, stages = config
     a, dh = torch.empty_like(h), torch.empty_like(h)
     launchable(_da_gelu_bwd)[(triton.cdiv(M, block_m), triton.cdiv(HW, block_n))](
@@ -558,3 +592,36 @@ def finish_projection(gw: torch.Tensor, gb: torch.Tensor, w: torch.Tensor, b: to
     launchable(_finish_projection_bwd)[(programs,)](
         gw, gb, w, b, c2, dw, db, part, n_out, n_in, gw.stride(0), gw.stride(1), BLOCK=block, num_warps=4)
     return dw, db, part.sum().reshape(1).to(c2.dtype)
+
+
+def scaled_cast(w: torch.Tensor, c2: Optional[torch.Tensor], dtype: torch.dtype,
+                width: Optional[int] = None) -> Optional[torch.Tensor]:
+    """``(c2 * w).to(dtype)`` (``w.to(dtype)`` without c2), zero-padded to ``width`` columns, in one launch: the
+    backward's operand of ``g @ (c2 * w)``, which took a multiply, a cast and, for a padded MLP, a pad before. The
+    values are those of the PyTorch ops (float32 product, then one rounding). None where the kernels do not apply."""
+    rows, n_in = w.shape
+    width = width or n_in
+    if not _ln.fused_kernels_enabled(w) or not w.is_contiguous() or w.dtype != torch.float32 or width < n_in \
+            or (c2 is None and dtype == w.dtype and width == n_in):  # the last: a no-op for the PyTorch ops
+        return None
+    out = torch.empty((rows, width), device=w.device, dtype=dtype)
+    block = 1024
+    launchable(_scaled_cast)[(triton.cdiv(out.numel(), block),)](
+        w, c2 if c2 is not None else w, out, n_in, width, out.numel(), HAS_C2=c2 is not None, BLOCK=block,
+        num_warps=4)
+    return out
+
+
+def cast_parameters(tensors: tuple[torch.Tensor, ...], dtype: torch.dtype) -> Optional[list[torch.Tensor]]:
+    """Up to four contiguous parameters cast to ``dtype`` in one launch (a sublayer's weights and biases for its
+    GEMMs: one launch where each cast took its own). None where the kernels do not apply."""
+    if not 0 < len(tensors) <= 4 or not all(t.is_contiguous() for t in tensors) \
+            or all(t.dtype == dtype for t in tensors) or not _ln.fused_kernels_enabled(tensors[0]):
+        return None  # (all in dtype already: the PyTorch casts are no-ops)
+    outs = [torch.empty(t.shape, device=t.device, dtype=dtype) for t in tensors]
+    ins = list(tensors) + [tensors[0]] * (4 - len(tensors))
+    sizes = [t.numel() for t in tensors] + [0] * (4 - len(tensors))
+    block = 1024
+    launchable(_cast4)[(triton.cdiv(sum(sizes), block),)](
+        *ins, *(outs + [outs[0]] * (4 - len(outs))), *sizes, BLOCK=block, num_warps=4)
+    return outs
