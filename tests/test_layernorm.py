@@ -97,6 +97,8 @@ SCRIPT = """
         got = K.cast_parameters(params, torch.float16)
         assert all(torch.equal(a, p.half()) and a.shape == p.shape for a, p in zip(got, params))
         assert K.cast_parameters(params, torch.float32) is None  # already in that dtype: the PyTorch casts are no-ops
+        got = K.cast_parameters(params[:2], torch.float16)  # fewer than four
+        assert len(got) == 2 and all(torch.equal(a, p.half()) for a, p in zip(got, params))
 
     # The one-launch MLP sublayer forward and the residual kernel (sublayer_kernels.py) against the PyTorch ops they
     # replace, rounding points included. float16: Triton's interpreter mishandles bfloat16 dots (bf16 is checked on

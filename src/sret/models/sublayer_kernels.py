@@ -619,9 +619,10 @@ def cast_parameters(tensors: tuple[torch.Tensor, ...], dtype: torch.dtype) -> Op
             or all(t.dtype == dtype for t in tensors) or not _ln.fused_kernels_enabled(tensors[0]):
         return None  # (all in dtype already: the PyTorch casts are no-ops)
     outs = [torch.empty(t.shape, device=t.device, dtype=dtype) for t in tensors]
-    ins = list(tensors) + [tensors[0]] * (4 - len(tensors))
-    sizes = [t.numel() for t in tensors] + [0] * (4 - len(tensors))
+    spare = 4 - len(tensors)  # unused slots: a read-only input, an empty output (no output passed twice)
+    ins = list(tensors) + [tensors[0]] * spare
+    spare_outs = [torch.empty(0, device=tensors[0].device, dtype=dtype) for _ in range(spare)]
+    sizes = [t.numel() for t in tensors] + [0] * spare
     block = 1024
-    launchable(_cast4)[(triton.cdiv(sum(sizes), block),)](
-        *ins, *(outs + [outs[0]] * (4 - len(outs))), *sizes, BLOCK=block, num_warps=4)
+    launchable(_cast4)[(triton.cdiv(sum(sizes), block),)](*ins, *outs, *spare_outs, *sizes, BLOCK=block, num_warps=4)
     return outs
