@@ -93,6 +93,8 @@ SCRIPT = """
         got = K.scaled_cast(w, c2, torch.float16, 256)
         assert got.shape == (64, 256) and torch.equal(got, F.pad((w * c2).half(), (0, 26)))
         assert torch.equal(K.scaled_cast(w, None, torch.float16), w.half())
+        got = K.scaled_cast(w, None, torch.float16, 232, rows=80)  # rows padded too (the wide MLP's weights)
+        assert got.shape == (80, 232) and torch.equal(got, F.pad(w.half(), (0, 2, 0, 16)))
         params = (torch.randn(192, 64), torch.randn(192), torch.randn(64, 64), torch.randn(64))
         got = K.cast_parameters(params, torch.float16)
         assert all(torch.equal(a, p.half()) and a.shape == p.shape for a, p in zip(got, params))

@@ -282,14 +282,14 @@ if triton is not None:
 
 
     @triton.jit
-    def _scaled_cast(W, C2, OUT, N_IN, N_OUT, n, HAS_C2: tl.constexpr, BLOCK: tl.constexpr):
-        """``OUT = (C2 * W)`` rounded to OUT's dtype, W (rows, N_IN) float32 contiguous, OUT (rows, N_OUT >= N_IN)
-        with zero columns past N_IN; ``n`` = rows * N_OUT."""
+    def _scaled_cast(W, C2, OUT, ROWS_IN, N_IN, N_OUT, n, HAS_C2: tl.constexpr, BLOCK: tl.constexpr):
+        """``OUT = (C2 * W)`` rounded to OUT's dtype, W (ROWS_IN, N_IN) float32 contiguous, OUT (rows >= ROWS_IN,
+        N_OUT >= N_IN) with zeros past W; ``n`` = rows * N_OUT."""
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         r = offs // N_OUT
         col = offs - r * N_OUT
-        w = tl.load(W + r.to(tl.int64) * N_IN + col, mask=mask & (col < N_IN), other=0.0)
+        w = tl.load(W + r.to(tl.int64) * N_IN + col, mask=mask & (col < N_IN) & (r < ROWS_IN), other=0.0)
         if HAS_C2:
             w = w * tl.load(C2)
         tl.store(OUT + offs, w.to(OUT.dtype.element_ty), mask=mask)
@@ -316,7 +316,10 @@ _GEMM_PAD = 64  # K dimensions (C, H) are padded to a multiple of this: every BL
 
 
 def _padded(w: torch.Tensor, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
-    """``w`` in ``dtype``, zero-padded to (rows, cols)."""
+    """``w`` in ``dtype``, zero-padded to (rows, cols): one launch where :func:`scaled_cast` applies."""
+    fused = scaled_cast(w, None, dtype, cols, rows)
+    if fused is not None:
+        return fused
     if w.shape == (rows, cols):
         return w.to(dtype).contiguous()
     out = w.new_zeros((rows, cols), dtype=dtype)
@@ -594,20 +597,21 @@ def finish_projection(gw: torch.Tensor, gb: torch.Tensor, w: torch.Tensor, b: to
     return dw, db, part.sum().reshape(1).to(c2.dtype)
 
 
-def scaled_cast(w: torch.Tensor, c2: Optional[torch.Tensor], dtype: torch.dtype,
-                width: Optional[int] = None) -> Optional[torch.Tensor]:
-    """``(c2 * w).to(dtype)`` (``w.to(dtype)`` without c2), zero-padded to ``width`` columns, in one launch: the
-    backward's operand of ``g @ (c2 * w)``, which took a multiply, a cast and, for a padded MLP, a pad before. The
-    values are those of the PyTorch ops (float32 product, then one rounding). None where the kernels do not apply."""
-    rows, n_in = w.shape
-    width = width or n_in
+def scaled_cast(w: torch.Tensor, c2: Optional[torch.Tensor], dtype: torch.dtype, width: Optional[int] = None,
+                rows: Optional[int] = None) -> Optional[torch.Tensor]:
+    """``(c2 * w).to(dtype)`` (``w.to(dtype)`` without c2), zero-padded to ``rows`` x ``width``, in one launch: the
+    backward's operand of ``g @ (c2 * w)``, which took a multiply, a cast and, for a padded MLP, a pad before; and the
+    padded weights of :func:`_mlp_two_launches`. The values are those of the PyTorch ops (float32 product, then one
+    rounding). None where the kernels do not apply."""
+    rows_in, n_in = w.shape
+    width, rows = width or n_in, rows or rows_in
     if not _ln.fused_kernels_enabled(w) or not w.is_contiguous() or w.dtype != torch.float32 or width < n_in \
-            or (c2 is None and dtype == w.dtype and width == n_in):  # the last: a no-op for the PyTorch ops
+            or rows < rows_in or (c2 is None and dtype == w.dtype and (rows, width) == w.shape):  # the last: a no-op
         return None
     out = torch.empty((rows, width), device=w.device, dtype=dtype)
     block = 1024
     launchable(_scaled_cast)[(triton.cdiv(out.numel(), block),)](
-        w, c2 if c2 is not None else w, out, n_in, width, out.numel(), HAS_C2=c2 is not None, BLOCK=block,
+        w, c2 if c2 is not None else w, out, rows_in, n_in, width, out.numel(), HAS_C2=c2 is not None, BLOCK=block,
         num_warps=4)
     return out
 
