@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from sret.models import attention_sublayer as _attention_sublayer
 from sret.models import layernorm as _ln
 from sret.models.attention import invert_permutation, split_qkv
 from sret.models.group_attention import backward_applies, group_attention, group_attention_backward
@@ -544,6 +545,13 @@ def attn_residual(x: torch.Tensor, norm, attn, groups: int, perm: Optional[torch
     a, b = _coefs(c1, c2)
     width = padded_head_width(attn)
     graph = _builds_graph(x, attn.qkv.weight, attn.proj.weight, norm.weight)
+    if not graph and perm is None and scale is None and attn.attn_impl == "sdpa" and not width:
+        # short groups in natural order (the first application of a sliced block): the whole sublayer, one launch
+        out = _attention_sublayer.attention_sublayer(
+            x.contiguous(), norm.weight, norm.bias, attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn.proj.bias,
+            a, b, norm.eps, compute_dtype(x), groups, attn.num_heads, attn.scale)
+        if out is not None:
+            return out
     return _call(_AttnResidual, graph, x.contiguous(), norm.weight, norm.bias, attn.qkv.weight, attn.qkv.bias,
                  attn.proj.weight, attn.proj.bias, a, b, scale, norm.eps, compute_dtype(x), attend, perm, inv_perm,
                  attn.num_heads, width, graph, groups, attn.scale, attn.attn_impl == "sdpa")
