@@ -390,6 +390,13 @@ class _AttnResidual(torch.autograd.Function):
             cast = _kernels.cast_parameters((wqkv_e, bqkv_e, wp_e, bp), dtype)
             wqkv16, bqkv16, wp16, bp16 = cast or (t.to(dtype) for t in (wqkv_e, bqkv_e, wp_e, bp))
             qkv = torch.addmm(bqkv16, xn, wqkv16.t()).view(B, N, -1)  # (B, N, 3 * heads * D)
+            if not training and perm is None and sdpa and scale is None and not width:
+                # short groups in natural order (a sliced block's first application): attention, proj and the
+                # residual in one launch, where the groups fit one (attention_sublayer.py)
+                out = _attention_sublayer.attention_proj_residual(qkv, x, wp16, bp16, c1, c2, groups, heads,
+                                                                  attn_scale)
+                if out is not None:
+                    return out
             backend = grouped = None
             if sdpa and (perm is None or shuffle_in_kernels):
                 # The Triton kernels where they apply (inference: the shapes group_attention takes; training: those
@@ -545,13 +552,6 @@ def attn_residual(x: torch.Tensor, norm, attn, groups: int, perm: Optional[torch
     a, b = _coefs(c1, c2)
     width = padded_head_width(attn)
     graph = _builds_graph(x, attn.qkv.weight, attn.proj.weight, norm.weight)
-    if not graph and perm is None and scale is None and attn.attn_impl == "sdpa" and not width:
-        # short groups in natural order (the first application of a sliced block): the whole sublayer, one launch
-        out = _attention_sublayer.attention_sublayer(
-            x.contiguous(), norm.weight, norm.bias, attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn.proj.bias,
-            a, b, norm.eps, compute_dtype(x), groups, attn.num_heads, attn.scale)
-        if out is not None:
-            return out
     return _call(_AttnResidual, graph, x.contiguous(), norm.weight, norm.bias, attn.qkv.weight, attn.qkv.bias,
                  attn.proj.weight, attn.proj.bias, a, b, scale, norm.eps, compute_dtype(x), attend, perm, inv_perm,
                  attn.num_heads, width, graph, groups, attn.scale, attn.attn_impl == "sdpa")
