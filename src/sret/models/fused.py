@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from sret.models import attention_sublayer as _attention_sublayer
 from sret.models import layernorm as _ln
 from sret.models.attention import invert_permutation, split_qkv
 from sret.models.group_attention import backward_applies, group_attention, group_attention_backward
@@ -390,13 +389,6 @@ class _AttnResidual(torch.autograd.Function):
             cast = _kernels.cast_parameters((wqkv_e, bqkv_e, wp_e, bp), dtype)
             wqkv16, bqkv16, wp16, bp16 = cast or (t.to(dtype) for t in (wqkv_e, bqkv_e, wp_e, bp))
             qkv = torch.addmm(bqkv16, xn, wqkv16.t()).view(B, N, -1)  # (B, N, 3 * heads * D)
-            if not training and perm is None and sdpa and scale is None and not width:
-                # short groups in natural order (a sliced block's first application): attention, proj and the
-                # residual in one launch, where the groups fit one (attention_sublayer.py)
-                out = _attention_sublayer.attention_proj_residual(qkv, x, wp16, bp16, c1, c2, groups, heads,
-                                                                  attn_scale)
-                if out is not None:
-                    return out
             backend = grouped = None
             if sdpa and (perm is None or shuffle_in_kernels):
                 # The Triton kernels where they apply (inference: the shapes group_attention takes; training: those
