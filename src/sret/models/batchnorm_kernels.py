@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from sret.models import layernorm as _ln
+from sret.models.kernel_launch import cdiv, next_power_of_2
 
 triton = _ln.triton
 if triton is not None:
@@ -117,7 +118,7 @@ if triton is not None:
 
 
 def _tiles(C: int) -> tuple[int, int]:
-    block_c = max(16, triton.next_power_of_2(C))
+    block_c = max(16, next_power_of_2(C))
     return max(1, 8192 // block_c), block_c
 
 
@@ -134,7 +135,7 @@ class _BatchNormReLU(torch.autograd.Function):
         x2 = _rows(x)  # (M, C), a view: x is channels-last
         M, C = x2.shape
         block_m, block_c = _tiles(C)
-        num_tiles = triton.cdiv(M, block_m)
+        num_tiles = cdiv(M, block_m)
         programs = min(num_tiles, 4 * _ln._sm_count(x.device))
         count = torch.empty(programs, device=x.device, dtype=torch.float32)
         pmean = torch.empty((programs, C), device=x.device, dtype=torch.float32)
@@ -165,7 +166,7 @@ class _BatchNormReLU(torch.autograd.Function):
         dy = dy.contiguous(memory_format=torch.channels_last)
         dy2 = _rows(dy)
         block_m, block_c = _tiles(C)
-        num_tiles = triton.cdiv(M, block_m)
+        num_tiles = cdiv(M, block_m)
         programs = min(num_tiles, 4 * _ln._sm_count(x.device))
         partial = torch.empty((programs, 2, C), device=x.device, dtype=torch.float32)
         _bn_relu_bwd_sums[(programs,)](x2, dy2, mean, rstd, w, b, partial, M, C, num_tiles, BLOCK_M=block_m,

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from sret.models import layernorm as _ln
-from sret.models.kernel_launch import launchable
+from sret.models.kernel_launch import cdiv, launchable, next_power_of_2
 
 triton = _ln.triton
 if triton is not None:
@@ -198,7 +198,7 @@ def _config(n: int, width: int) -> Optional[tuple[int, int, int, int]]:
     if (n, width) in TILES:
         return TILES[n, width]
     if n <= _MAX_ONE_TILE and width in (16, 32, 64):  # one tile: all keys at once, no running maximum (run 33)
-        block = max(16, triton.next_power_of_2(n))
+        block = max(16, next_power_of_2(n))
         return block, block, 4 if block <= 64 else 8, 1
     return None
 
@@ -237,9 +237,9 @@ def group_attention(qkv: torch.Tensor, groups: int, heads: int, scale: float,
     # Unused, LSE gets a read-only input, not an alias of ``out``: inside a compiled graph an output passed twice to
     # one launch could cost a copy of it (``kernel_launch.py``)
     lse = torch.empty((B * N, heads), device=qkv.device, dtype=torch.float32) if keep_lse else qkv
-    grid = (B * groups, heads, triton.cdiv(n, block_m))
+    grid = (B * groups, heads, cdiv(n, block_m))
     launchable(_group_attention_fwd)[grid](
-        qkv, out, lse, n, C, scale * 1.4426950408889634, D=D, BLOCK_D=triton.next_power_of_2(D), BLOCK_M=block_m,
+        qkv, out, lse, n, C, scale * 1.4426950408889634, D=D, BLOCK_D=next_power_of_2(D), BLOCK_M=block_m,
         BLOCK_N=block_n, SAVE_LSE=keep_lse, num_warps=warps, num_stages=stages)
     return (out, lse) if keep_lse else out
 
@@ -287,19 +287,19 @@ def group_attention_backward(qkv: torch.Tensor, do: torch.Tensor, groups: int, h
     n = N // groups
     torch._assert(do.shape == (B, N, C) and do.is_contiguous(), "do must be contiguous (B, N, heads * D)")
     dqkv = torch.empty_like(qkv)
-    block_d = triton.next_power_of_2(D)
+    block_d = next_power_of_2(D)
     if config is None and n <= _MAX_ONE_TILE and (n, D) not in BACKWARD_TILES:
-        block = max(16, triton.next_power_of_2(n))
+        block = max(16, next_power_of_2(n))
         launchable(_group_attention_bwd)[(B * groups, heads)](
             qkv, do, dqkv, n, C, scale, D=D, BLOCK_D=block_d, BLOCK_N=block, num_warps=4 if block <= 64 else 8)
         return dqkv
     block_m, block_n, warps, stages = config or BACKWARD_TILES[n, D]
     torch._assert(o is not None and lse is not None, "groups longer than one tile need the forward's o and lse")
     delta = torch.empty_like(lse)
-    launchable(_group_attention_bwd_dq)[(B * groups, heads, triton.cdiv(n, block_m))](
+    launchable(_group_attention_bwd_dq)[(B * groups, heads, cdiv(n, block_m))](
         qkv, o, do, lse, delta, dqkv, n, C, scale, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
         num_warps=warps, num_stages=stages)
-    launchable(_group_attention_bwd_dkdv)[(B * groups, heads, triton.cdiv(n, block_n))](
+    launchable(_group_attention_bwd_dkdv)[(B * groups, heads, cdiv(n, block_n))](
         qkv, do, lse, delta, dqkv, n, C, scale, D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
         num_warps=warps, num_stages=stages)
     return dqkv

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from sret.models.kernel_launch import launchable
+from sret.models.kernel_launch import cdiv, launchable, next_power_of_2
 
 try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs may lack it.
     import triton
@@ -160,7 +160,7 @@ if triton is not None:
 
 
 def _tiling(C: int) -> tuple[int, int]:
-    block_c = triton.next_power_of_2(C)
+    block_c = next_power_of_2(C)
     block_m = max(1, 4096 // block_c)  # ~4k elements a program: enough rows in flight, no register spills
     return block_m, block_c
 
@@ -218,7 +218,7 @@ def ln_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: 
     mean = torch.empty(M, device=x2.device, dtype=torch.float32)
     rstd = torch.empty(M, device=x2.device, dtype=torch.float32)
     block_m, block_c = _tiling(C)
-    launchable(_ln_fwd)[(triton.cdiv(M, block_m),)](
+    launchable(_ln_fwd)[(cdiv(M, block_m),)](
         x2, y, weight, bias, mean, rstd, rows if rows is not None else weight, M, C, width, tokens, eps,
         PAD=width - C, ONES=ones_column, HAS_IDX=rows is not None, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
     return y, mean, rstd
@@ -240,8 +240,8 @@ def ln_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean:
     M, C = x2.shape
     dx = torch.empty((M, C), device=x2.device, dtype=x2.dtype)
     block_m, warps, per_sm, acc2d = config or backward_config(M, C)
-    block_c = triton.next_power_of_2(C)
-    num_tiles = triton.cdiv(M, block_m)
+    block_c = next_power_of_2(C)
+    num_tiles = cdiv(M, block_m)
     programs = min(num_tiles, per_sm * _sm_count(x2.device)) if per_sm else num_tiles
     has_res = residual_grad is not None
     if has_res and c1 is None:

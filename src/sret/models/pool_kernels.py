@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 
 from sret.models import layernorm as _ln
+from sret.models.kernel_launch import cdiv, next_power_of_2
 
 triton = _ln.triton
 if triton is not None:
@@ -106,15 +107,15 @@ def depthwise_pool_nhwc(x: torch.Tensor, conv: torch.nn.Conv2d) -> Optional[torc
     out = torch.empty((B, OH, OW, CO), device=x.device, dtype=torch.float32)  # NHWC memory = the next tokens
     P = B * OH * OW
     if CI % 16 or CO > 512:
-        block_c = max(16, triton.next_power_of_2(CO))
+        block_c = max(16, next_power_of_2(CO))
         block_p = max(1, 4096 // block_c)
-        _depthwise_pool_nhwc_by_output[(triton.cdiv(P, block_p),)](
+        _depthwise_pool_nhwc_by_output[(cdiv(P, block_p),)](
             x, conv.weight, conv.bias, out, P, H, Wd, OH, OW, CI, CO, CO // CI, BLOCK_P=block_p, BLOCK_C=block_c,
             num_warps=4)
         return out.permute(0, 3, 1, 2)
-    block_c = min(64, triton.next_power_of_2(CI))
+    block_c = min(64, next_power_of_2(CI))
     block_p = 64
-    _depthwise_pool_nhwc[(triton.cdiv(P, block_p), triton.cdiv(CI, block_c))](
+    _depthwise_pool_nhwc[(cdiv(P, block_p), cdiv(CI, block_c))](
         x, conv.weight, conv.bias, out, P, H, Wd, OH, OW, CI, BLOCK_P=block_p, BLOCK_C=block_c, DOUBLE=CO == 2 * CI,
         num_warps=4)
     return out.permute(0, 3, 1, 2)  # (B, C_out, OH, OW) view, channels-last strides

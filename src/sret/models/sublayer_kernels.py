@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from sret.models import layernorm as _ln
-from sret.models.kernel_launch import launchable
+from sret.models.kernel_launch import cdiv, launchable, next_power_of_2
 
 triton = _ln.triton
 if triton is not None:
@@ -337,18 +337,18 @@ def _mlp_two_launches(x, ln_w, ln_b, w1, b1, w2, b2, c1, k, per_sample, eps, dty
     (bm1, bn1, bk1, warps1, stages1), (bm2, bn2, bk2, warps2, stages2) = config
     if _GEMM_PAD % bk1 or _GEMM_PAD % bk2:
         raise ValueError(f"GEMM tiles {config}: BLOCK_K must divide {_GEMM_PAD}")
-    cp, hp = triton.cdiv(C, _GEMM_PAD) * _GEMM_PAD, triton.cdiv(H, _GEMM_PAD) * _GEMM_PAD
+    cp, hp = cdiv(C, _GEMM_PAD) * _GEMM_PAD, cdiv(H, _GEMM_PAD) * _GEMM_PAD
     if cp - C > 8:  # the LayerNorm kernel pads rows by at most 8 columns
         return None
     xn, mean, rstd = _ln.ln_forward(x.view(M, C), ln_w, ln_b, eps, dtype, width=cp)  # (M, cp)
     a = torch.empty((M, hp), device=x.device, dtype=dtype)
     h = torch.empty((M, hp) if save else (1, 1), device=x.device, dtype=dtype)
     w1p = _padded(w1, hp, cp, dtype)
-    launchable(_fc1_gelu_fwd)[(triton.cdiv(M, bm1), triton.cdiv(hp, bn1))](
+    launchable(_fc1_gelu_fwd)[(cdiv(M, bm1), cdiv(hp, bn1))](
         xn, w1p, b1, a, h, M, H, cp, hp, SAVE=save, BLOCK_M=bm1, BLOCK_N=bn1, BLOCK_K=bk1,
         num_warps=warps1, num_stages=stages1)
     out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
-    launchable(_fc2_residual_fwd)[(triton.cdiv(M, bm2), triton.cdiv(C, bn2))](
+    launchable(_fc2_residual_fwd)[(cdiv(M, bm2), cdiv(C, bn2))](
         a, _padded(w2, C, hp, dtype), b2, x, c1 if c1 is not None else k, k, out, M, C, hp, N,
         HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, BLOCK_M=bm2, BLOCK_N=bn2, BLOCK_K=bk2, num_warps=warps2,
         num_stages=stages2)
@@ -361,11 +361,11 @@ def prepared_weights(w1: torch.Tensor, w2: torch.Tensor, block_c: int, block_h: 
     under CUDA-graph replays that update the weights in place (training steps, EMA copies), which no version counter
     would see."""
     H, C = w1.shape
-    hp = triton.cdiv(H, block_h) * block_h
+    hp = cdiv(H, block_h) * block_h
     w1p = torch.empty((hp, block_c), device=w1.device, dtype=dtype)
     w2p = torch.empty((block_c, hp), device=w1.device, dtype=dtype)
     block = 1024
-    grid = (triton.cdiv(hp * block_c, block) + triton.cdiv(block_c * hp, block),)
+    grid = (cdiv(hp * block_c, block) + cdiv(block_c * hp, block),)
     launchable(_prep_mlp_weights)[grid](w1, w2, w1p, w2p, C, H, block_c, hp, BLOCK=block, num_warps=4)
     return w1p, w2p, hp
 
@@ -385,7 +385,7 @@ def mlp_residual_prepared(x, ln_w, ln_b, w1p, b1, w2p, b2, c1, k, per_sample, ep
         rstd = torch.empty_like(mean)
     else:  # never written without SAVE: no allocations (each is host time in eager inference); a read-only input,
         h = mean = rstd = x  # not the output: see group_attention()
-    launchable(_mlp_residual_fwd_pw)[(triton.cdiv(M, block_m),)](
+    launchable(_mlp_residual_fwd_pw)[(cdiv(M, block_m),)](
         x, ln_w, ln_b, w1p, b1, w2p, b2, c1 if c1 is not None else k, k, out, h, mean, rstd, M, C, H, hp, N, eps,
         HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, SAVE=save, BLOCK_M=block_m, BLOCK_C=w1p.shape[1],
         BLOCK_H=block_h, num_warps=warps, num_stages=stages)
@@ -428,7 +428,7 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
             *result, w1p = _mlp_two_launches(x, ln_w, ln_b, w1, b1, w2, b2, c1, k, per_sample, eps, dtype, save,
                                              gemm_config)
         else:
-            w1p, w2p, hp = prepared_weights(w1, w2, max(16, triton.next_power_of_2(C)), pw_config[1], dtype)
+            w1p, w2p, hp = prepared_weights(w1, w2, max(16, next_power_of_2(C)), pw_config[1], dtype)
             result = mlp_residual_prepared(x, ln_w, ln_b, w1p, b1, w2p, b2, c1, k, per_sample, eps, H, hp, save,
                                            pw_config)
     except triton.runtime.errors.OutOfResources:  # tiles too large for this GPU: the PyTorch ops do it
@@ -493,7 +493,7 @@ def gelu_and_grad(h: torch.Tensor, da: torch.Tensor) -> Optional[tuple[torch.Ten
         return None
     a, dh = torch.empty_like(h), torch.empty_like(da)
     n, block = h.numel(), 4096
-    launchable(_gelu_and_grad)[(triton.cdiv(n, block),)](h, da, a, dh, n, BLOCK=block, num_warps=8)
+    launchable(_gelu_and_grad)[(cdiv(n, block),)](h, da, a, dh, n, BLOCK=block, num_warps=8)
     return a, dh
 
 
@@ -546,7 +546,7 @@ def da_gelu_and_grad(g16: torch.Tensor, w2: torch.Tensor, c2: Optional[torch.Ten
         w = F.pad((w2 * c2 if c2 is not None else w2).to(h.dtype), (0, HW - w2.shape[1])).contiguous()
     block_m, block_n, block_k, warps, stages = config
     a, dh = torch.empty_like(h), torch.empty_like(h)
-    launchable(_da_gelu_bwd)[(triton.cdiv(M, block_m), triton.cdiv(HW, block_n))](
+    launchable(_da_gelu_bwd)[(cdiv(M, block_m), cdiv(HW, block_n))](
         g16, w, h, a, dh, M, C, HW, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
         num_stages=stages)
     return a, dh
@@ -566,10 +566,10 @@ def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale,
         raise ValueError(f"residual_forward: y_rows must be an int64 permutation of the {N} tokens")
     out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
     k, per_sample = _branch_factor(x, c2, scale)
-    block_c = triton.next_power_of_2(C)
+    block_c = next_power_of_2(C)
     block_m = max(1, 4096 // block_c)
     M = B * N
-    launchable(_residual_fwd)[(triton.cdiv(M, block_m),)](
+    launchable(_residual_fwd)[(cdiv(M, block_m),)](
         x, y, c1 if c1 is not None else k, k, out, y_rows if y_rows is not None else k, M, C, N,
         HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, HAS_IDX=y_rows is not None, BLOCK_M=block_m,
         BLOCK_C=block_c, num_warps=4)
@@ -588,7 +588,7 @@ def finish_projection(gw: torch.Tensor, gb: torch.Tensor, w: torch.Tensor, b: to
             or not (w.is_contiguous() and b.is_contiguous() and gb.is_contiguous()):
         return None
     block = 2048
-    programs = triton.cdiv(n_out * n_in + n_out, block)
+    programs = cdiv(n_out * n_in + n_out, block)
     dw = torch.empty((n_out, n_in), device=w.device, dtype=w.dtype)
     db = torch.empty_like(b)
     part = torch.empty(programs, device=w.device, dtype=torch.float32)
@@ -610,7 +610,7 @@ def scaled_cast(w: torch.Tensor, c2: Optional[torch.Tensor], dtype: torch.dtype,
         return None
     out = torch.empty((rows, width), device=w.device, dtype=dtype)
     block = 1024
-    launchable(_scaled_cast)[(triton.cdiv(out.numel(), block),)](
+    launchable(_scaled_cast)[(cdiv(out.numel(), block),)](
         w, c2 if c2 is not None else w, out, rows_in, n_in, width, out.numel(), HAS_C2=c2 is not None, BLOCK=block,
         num_warps=4)
     return out
@@ -628,5 +628,5 @@ def cast_parameters(tensors: tuple[torch.Tensor, ...], dtype: torch.dtype) -> Op
     spare_outs = [torch.empty(0, device=tensors[0].device, dtype=dtype) for _ in range(spare)]
     sizes = [t.numel() for t in tensors] + [0] * spare
     block = 1024
-    launchable(_cast4)[(triton.cdiv(sum(sizes), block),)](*ins, *outs, *spare_outs, *sizes, BLOCK=block, num_warps=4)
+    launchable(_cast4)[(cdiv(sum(sizes), block),)](*ins, *outs, *spare_outs, *sizes, BLOCK=block, num_warps=4)
     return outs
