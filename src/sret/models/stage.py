@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Literal, Optional, Sequence
 
@@ -11,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sret.errors import SReTError
 from sret.models.attention import AttnImpl
+from sret.models import shared_weights
 from sret.models.blocks import NonLinearProjection, RecursiveBlock
 
 EvalPermutation = Literal["fixed", "random"]
@@ -174,9 +176,12 @@ class RecursiveStage(nn.Module):
         # channel-major layout through every residual op of the stage (elementwise ops keep their input's strides),
         # so each LayerNorm would copy it and every add/mul would run the slow strided kernel (measured on an H100).
         x = x.flatten(2).transpose(1, 2).contiguous()
-        for app, perm in zip(self.schedule, perms):
-            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-                x = checkpoint(self._run, x, app, perm, use_reentrant=False)
-            else:
-                x = self._run(x, app, perm)
+        # a shared block's weights are cast (and padded) once for all of its applications here (shared_weights.py)
+        memo = contextlib.nullcontext() if torch.compiler.is_compiling() else shared_weights.once()
+        with memo:
+            for app, perm in zip(self.schedule, perms):
+                if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                    x = checkpoint(self._run, x, app, perm, use_reentrant=False)
+                else:
+                    x = self._run(x, app, perm)
         return x.transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from sret.models import layernorm as _ln
+from sret.models import shared_weights
 from sret.models.kernel_launch import cdiv, launchable, next_power_of_2
 
 triton = _ln.triton
@@ -316,7 +317,12 @@ _GEMM_PAD = 64  # K dimensions (C, H) are padded to a multiple of this: every BL
 
 
 def _padded(w: torch.Tensor, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
-    """``w`` in ``dtype``, zero-padded to (rows, cols): one launch where :func:`scaled_cast` applies."""
+    """``w`` in ``dtype``, zero-padded to (rows, cols): one launch where :func:`scaled_cast` applies; made once per
+    stage forward for a shared block's weights (``shared_weights``)."""
+    return shared_weights.memoized(lambda: _padded_now(w, rows, cols, dtype), (w,), "padded", rows, cols, dtype)
+
+
+def _padded_now(w: torch.Tensor, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
     fused = scaled_cast(w, None, dtype, cols, rows)
     if fused is not None:
         return fused
@@ -357,9 +363,14 @@ def _mlp_two_launches(x, ln_w, ln_b, w1, b1, w2, b2, c1, k, per_sample, eps, dty
 
 def prepared_weights(w1: torch.Tensor, w2: torch.Tensor, block_c: int, block_h: int, dtype: torch.dtype):
     """``(W1P, W2P, HP)``: fc1's (H, C) and fc2's (C, H) weights in ``dtype``, zero-padded to (HP, block_c) and
-    (block_c, HP), HP = H rounded up to ``block_h``, in one launch. Done per call, not cached: a cache would go stale
+    (block_c, HP), HP = H rounded up to ``block_h``, in one launch. Not cached across calls: a cache would go stale
     under CUDA-graph replays that update the weights in place (training steps, EMA copies), which no version counter
-    would see."""
+    would see. Within one stage forward a shared block's are made once (``shared_weights``)."""
+    return shared_weights.memoized(lambda: _prepared_weights_now(w1, w2, block_c, block_h, dtype), (w1, w2),
+                                   "mlp", block_c, block_h, dtype)
+
+
+def _prepared_weights_now(w1: torch.Tensor, w2: torch.Tensor, block_c: int, block_h: int, dtype: torch.dtype):
     H, C = w1.shape
     hp = cdiv(H, block_h) * block_h
     w1p = torch.empty((hp, block_c), device=w1.device, dtype=dtype)
@@ -618,7 +629,12 @@ def scaled_cast(w: torch.Tensor, c2: Optional[torch.Tensor], dtype: torch.dtype,
 
 def cast_parameters(tensors: tuple[torch.Tensor, ...], dtype: torch.dtype) -> Optional[list[torch.Tensor]]:
     """Up to four contiguous parameters cast to ``dtype`` in one launch (a sublayer's weights and biases for its
-    GEMMs: one launch where each cast took its own). None where the kernels do not apply."""
+    GEMMs: one launch where each cast took its own), once per stage forward for a shared block's
+    (``shared_weights``). None where the kernels do not apply."""
+    return shared_weights.memoized(lambda: _cast_parameters_now(tensors, dtype), tensors, "cast", dtype)
+
+
+def _cast_parameters_now(tensors: tuple[torch.Tensor, ...], dtype: torch.dtype) -> Optional[list[torch.Tensor]]:
     if not 0 < len(tensors) <= 4 or not all(t.is_contiguous() for t in tensors) \
             or all(t.dtype == dtype for t in tensors) or not _ln.fused_kernels_enabled(tensors[0]):
         return None  # (all in dtype already: the PyTorch casts are no-ops)
