@@ -50,5 +50,5 @@ def padded_nhwc(x: torch.Tensor, channels: int, dtype: torch.dtype) -> Optional[
     out = torch.empty((B, H, W, channels), device=x.device, dtype=dtype)  # NHWC memory
     block_p = 1024
     _nchw_to_nhwc_padded[(cdiv(H * W, block_p), B)](x, out, C, H * W, CP=channels, BLOCK_P=block_p,
-                                                          num_warps=4)
+                                                    num_warps=4)
     return out.permute(0, 3, 1, 2)  # (B, channels, H, W) view, channels-last strides

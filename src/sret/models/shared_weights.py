@@ -3,7 +3,7 @@
 Why: SReT applies each shared block several times in a row (weights shared across depth), and every application of
 a fused sublayer used to cast its weights to the compute dtype (the MLP kernels also pad them): one launch each
 time. Within one forward of a stage the weights cannot change, so later applications take the first one's copies.
-In SReT-T that is 20 of the 66 weight launches of a forward, whose host time an eager step pays
+In SReT-T that is 23 of the 66 weight launches of a forward, whose host time an eager step pays
 (docs/perf_notes.md, change 44).
 
 Only for the span of :func:`once`, which ``Stage.forward`` opens around its applications; never across calls. So

@@ -11,8 +11,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sret.errors import SReTError
-from sret.models.attention import AttnImpl
 from sret.models import shared_weights
+from sret.models.attention import AttnImpl
 from sret.models.blocks import NonLinearProjection, RecursiveBlock
 
 EvalPermutation = Literal["fixed", "random"]
