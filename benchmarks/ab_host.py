@@ -19,14 +19,14 @@ import argparse
 import contextlib
 import statistics
 import sys
-import time
 import timeit
 
 import torch
 import triton
 
 import sret
-from profile_step import make_step  # this script's folder is on sys.path when run as a file
+from host_overhead import _wall_ms  # this script's folder is on sys.path when run as a file
+from profile_step import make_step
 from sret.models import batchnorm_kernels, group_attention, image_layout, kernel_launch, layernorm, pool_kernels
 from sret.models import shared_weights, sublayer_kernels
 
@@ -75,12 +75,7 @@ def ab_model(kind: str, name: str, bench: str, batch: int, blocks: int, steps: i
 
     def block(new: bool) -> float:
         set_variant(kind, new)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t0) * 1e3 / steps
+        return _wall_ms(step, steps)
 
     for new in (True, False, True, False):  # warm-up: compile, allocator
         block(new)
