@@ -71,6 +71,14 @@ SCRIPT = """
             assert torch.equal(got[0], dx), cfg
             for a, ref in zip(got[1:], (dw, db, dc1, gsum)):
                 assert rel(a, ref) < 1e-5, (cfg, rel(a, ref))
+        # dx's low-precision copy, written in the same pass: exactly the PyTorch ops' rounding, with or without a
+        # per-sample scale, and dx itself unchanged
+        for s_low in (None, torch.tensor([1.25, 0.0, 1 / 0.9])):
+            low = torch.empty(300, C, dtype=torch.float16)
+            got = ln_backward(gy, x, w, mean, rstd, g, c1, grad_sum=True, scale=scale, tokens=100, dx_low=low,
+                              dx_low_scale=s_low)
+            want = dx if s_low is None else dx * s_low.repeat_interleave(100)[:, None]
+            assert torch.equal(got[0], dx) and torch.equal(low, want.half()), C
 
     with torch.random.fork_rng(devices=[]):  # the checks further down keep the random stream they had
         # The projection's parameter gradients in one launch (sublayer_kernels.finish_projection): from a float16

@@ -72,17 +72,22 @@ def _layer_norm(x2: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, 
 
 def _layer_norm_backward(gy: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, b: torch.Tensor, mean: torch.Tensor,
                          rstd: torch.Tensor, g: torch.Tensor, c1: Optional[torch.Tensor], scale: Optional[torch.Tensor],
-                         tokens: int, triton: bool):
+                         tokens: int, triton: bool, low: Optional[tuple] = None):
     """Gradient of ``out = c1 * x + s * f(LN(x))`` w.r.t. x, the LN affine and c1, given ``gy = d f / d LN(x)``.
 
     ``c1`` None means a plain residual (``out = x + f``). Also returns ``gsum``, the column sum of ``g * s`` (the bias
-    gradient of the Linear whose output is the branch), computed in the same pass on the Triton path.
+    gradient of the Linear whose output is the branch), computed in the same pass on the Triton path. There, with
+    ``low`` = ``(dtype, scale)``, dx comes with ``(dx * scale).to(dtype)`` made in the same pass, for the backward of
+    the sublayer before (see :func:`_keep_low_copy`).
     """
     coef = c1 if c1 is not None else torch.ones(1, device=x2.device, dtype=x2.dtype)
     if triton:
+        copy = torch.empty(x2.shape, device=x2.device, dtype=low[0]) if low is not None else None
         dx, dw, db, dc1, gsum = _ln.ln_backward(gy, x2, w, mean, rstd, g, coef, grad_sum=True, scale=scale,
-                                                tokens=tokens)
+                                                tokens=tokens, dx_low=copy, dx_low_scale=low[1] if low else None)
         dc1 = dc1.to(coef.dtype)
+        if copy is not None:
+            _keep_low_copy(dx, copy, low[1])
     else:
         dx, dw, db = torch.ops.aten.native_layer_norm_backward(
             gy.to(x2.dtype), x2, (x2.shape[-1],), mean, rstd, w, b, [True, True, True])
@@ -112,7 +117,8 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
                         mean: torch.Tensor, rstd: torch.Tensor, g: torch.Tensor, c1: Optional[torch.Tensor],
                         scale: Optional[torch.Tensor], eps: float, dtype: torch.dtype, triton: bool,
                         perm: Optional[torch.Tensor] = None, inv_perm: Optional[torch.Tensor] = None,
-                        xn: Optional[torch.Tensor] = None, w16: Optional[torch.Tensor] = None):
+                        xn: Optional[torch.Tensor] = None, w16: Optional[torch.Tensor] = None,
+                        low: Optional[tuple] = None):
     """Backward of ``c1 * x + ... z`` with ``z = LN(x) @ w.T + b``, given ``dz`` (M, out) and ``g = d out`` (B, N, C).
 
     The LN output is recomputed from the saved statistics. Returns ``(dx, dln_w, dln_b, dw, db, dc1, gsum)``, with
@@ -127,6 +133,7 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
     common order gives them), and only ``dz @ w``, (M, C), is gathered back to grid order by ``inv_perm``.
     ``xn``: the LayerNorm output from :func:`_recompute_ln` where the caller already has it; ``w16``: ``w`` in the
     compute dtype where the forward kept it (its first ``w``-width columns are used, so it may be zero-padded).
+    ``low``: the copy of dx to make for the sublayer before (:func:`_low_copy_request`), or None.
     """
     B, N, C = x.shape
     x2 = x.view(B * N, C)
@@ -139,8 +146,71 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
     if perm is not None:
         dxn = dxn.view(B, N, C).index_select(1, inv_perm).view(B * N, C)  # back to grid order
     dx, dlw, dlb, dc1, gsum = _layer_norm_backward(dxn, x2, ln_w, ln_b, mean, rstd, g.view(B * N, C), c1, scale, N,
-                                                   triton)
-    return dx.view(B, N, C), dlw, dlb, dw, db, dc1, gsum
+                                                   triton, low=low if triton else None)
+    return _reshape_with_low_copy(dx, (B, N, C)), dlw, dlb, dw, db, dc1, gsum
+
+
+# ------------------------------------------------------------------------- the residual gradient's low-precision copy
+# Every sublayer's backward starts by turning its incoming float32 gradient g into its branch's, ``(g * s)`` rounded
+# to the compute dtype (s the per-sample drop-path scale), for the GEMMs of its output projection. g is the dx of the
+# sublayer after it, which the LayerNorm backward kernel writes; that kernel now also writes the branch's operand in
+# the same pass, and it travels on the gradient tensor itself (an attribute, with the version counter it was made
+# at). The separate cast took ~0.75 ms of SReT-T's training step at batch 256, 58 launches (docs/perf_notes.md,
+# change 45). The forward links the two: a fused sublayer's output carries its drop-path scale
+# (:func:`_mark_output`), and the sublayer that takes it as input asks its LayerNorm backward for the copy
+# (:func:`_low_copy_request`). If autograd hands the backward another tensor (a sum of gradients, a cast) or changed
+# this one in place, the attribute is missing or stale and the backward computes the operand as before: the values
+# are the same bits either way.
+_KEEP_LOW_COPY = True  # tests switch it off to compare
+_LOW_COPY = "_sret_low_copy"  # on a gradient: (copy, version counter, scale)
+_OUTPUT_SCALE = "_sret_branch_scale"  # on a fused sublayer's output: (its drop-path scale or None,)
+
+
+def _mark_output(out: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
+    """Note on a fused sublayer's output that its gradient is wanted as ``(g * scale).to(dtype)`` in backward."""
+    setattr(out, _OUTPUT_SCALE, (scale,))
+    return out
+
+
+def _low_copy_request(x: torch.Tensor, dtype: torch.dtype) -> Optional[tuple]:
+    """``(dtype, scale)`` when ``x`` came out of a fused sublayer (whose backward will want its gradient that way) and
+    ``dtype`` is narrower than x's; else None, and the LayerNorm backward writes no copy."""
+    mark = getattr(x, _OUTPUT_SCALE, None)
+    if not _KEEP_LOW_COPY or mark is None or dtype.itemsize >= x.dtype.itemsize:
+        return None
+    return dtype, mark[0]
+
+
+def _keep_low_copy(grad: torch.Tensor, low: torch.Tensor, scale: Optional[torch.Tensor]) -> None:
+    """Record on ``grad`` that ``low`` is ``(grad * scale)`` rounded to ``low``'s dtype, for :func:`_branch_grad`."""
+    setattr(grad, _LOW_COPY, (low, grad._version, scale))
+
+
+def _reshape_with_low_copy(grad: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``grad.view(shape)``, the low-precision copy (if any) carried over to the view."""
+    out = grad.view(shape)
+    kept = getattr(grad, _LOW_COPY, None)
+    if kept is not None and kept[1] == grad._version:
+        _keep_low_copy(out, kept[0].view(shape), kept[2])
+    return out
+
+
+def _same_scale(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a._version == b._version
+
+
+def _branch_grad(g: torch.Tensor, scale: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """``(g * scale).to(dtype)`` for g (B, N, C) and the per-sample ``scale`` (B,) or None: the copy the LayerNorm
+    backward made where it is still valid for ``g`` and made with this scale, else computed here."""
+    kept = getattr(g, _LOW_COPY, None)
+    if kept is not None:
+        low, version, low_scale = kept
+        if version == g._version and low.dtype == dtype and low.shape == g.shape and _same_scale(low_scale, scale):
+            return low
+    g_s = g if scale is None else g * scale.view(g.shape[0], 1, 1)
+    return g_s.to(dtype)
 
 
 # ----------------------------------------------------------------------------------------------- residual pieces
@@ -209,7 +279,8 @@ class _MlpResidual(torch.autograd.Function):
     """``c1 * x + c2 * s * fc2(gelu(fc1(LN(x))))`` for x (B, N, C) float32 (or float64)."""
 
     @staticmethod
-    def forward(ctx, x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps: float, dtype: torch.dtype, training: bool):
+    def forward(ctx, x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps: float, dtype: torch.dtype, training: bool,
+                low: Optional[tuple] = None):
         B, N, C = x.shape
         triton = _use_triton(x)
         fused = _kernels.mlp_residual_forward(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype,
@@ -226,7 +297,7 @@ class _MlpResidual(torch.autograd.Function):
                 y = torch.addmm(b2.to(dtype), F.gelu(h), w2.to(dtype).t())  # (B*N, C)
                 out = _residual(x, y.view(B, N, C), c1, _branch_scale(c2, scale, B))
         ctx.save_for_backward(x, ln_w, ln_b, w1, w2, b2, c1, c2, scale, h, mean, rstd, w1_16)
-        ctx.eps, ctx.dtype, ctx.triton = eps, dtype, triton
+        ctx.eps, ctx.dtype, ctx.triton, ctx.low = eps, dtype, triton, low
         return out
 
     @staticmethod
@@ -235,7 +306,6 @@ class _MlpResidual(torch.autograd.Function):
         dtype, triton = ctx.dtype, ctx.triton
         B, N, C = x.shape
         g = g.contiguous()
-        g_s = g if scale is None else g * scale.view(B, 1, 1)  # d out / d (c2 * branch)
         hidden, width = w1.shape[0], h.shape[1]
         # the kernels may have saved h at an aligned width (zero columns past hidden): W1 padded to match where the
         # kernels' padded copy of it (see _ln_linear_backward's w16) is not kept; W2 is padded where it is used
@@ -243,7 +313,7 @@ class _MlpResidual(torch.autograd.Function):
             w1 = F.pad(w1, (0, 0, 0, width - hidden))
         # gelu(h) is recomputed (saving it would double the MLP's saved bytes); d fc2-input first, then the
         # activation and its gradient in one pass over h where the kernels run
-        g16 = g_s.view(B * N, C).to(dtype)
+        g16 = _branch_grad(g, scale, dtype).view(B * N, C)  # d out / d (c2 * branch)
         # the d fc2-input GEMM with the activation pass as its epilogue (tuned shapes), else the two launches
         fused = _kernels.da_gelu_and_grad(g16, w2, c2, h) if triton else None  # pads W2 in its operand's cast
         if fused is None:
@@ -255,11 +325,11 @@ class _MlpResidual(torch.autograd.Function):
             a, dh = F.gelu(h), torch.ops.aten.gelu_backward(da, h)  # (B*N, width), zeros in the padding columns
         gw2 = _projection_weight_grad(g16, a)  # (C, width)
         dx, dlw, dlb, dw1, db1, dc1, gb2 = _ln_linear_backward(dh, x, ln_w, ln_b, w1, mean, rstd, g, c1, scale,
-                                                               ctx.eps, dtype, triton, w16=w1_16)
+                                                               ctx.eps, dtype, triton, w16=w1_16, low=ctx.low)
         dw2, db2, dc2 = _finish_projection(gw2, gb2, w2, b2, c2)  # (C, hidden): the padding columns dropped
         if width > hidden:  # back to the parameters' shapes
             dw1, db1 = dw1[:hidden].contiguous(), db1[:hidden].contiguous()
-        return (dx, dlw, dlb, dw1, db1, dw2, db2, dc1, dc2, None, None, None, None)
+        return (dx, dlw, dlb, dw1, db1, dw2, db2, dc1, dc2, None, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------- the attention sublayer
@@ -366,7 +436,8 @@ class _AttnResidual(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, ln_w, ln_b, wqkv, bqkv, wp, bp, c1, c2, scale, eps: float, dtype: torch.dtype,
                 attend: Callable[..., torch.Tensor], perm: Optional[torch.Tensor], inv_perm: Optional[torch.Tensor],
-                heads: int, width: int, training: bool, groups: int, attn_scale: float, sdpa: bool):
+                heads: int, width: int, training: bool, groups: int, attn_scale: float, sdpa: bool,
+                low: Optional[tuple] = None):
         B, N, C = x.shape
         triton = _use_triton(x)
         # A token shuffle inside the kernels: the LayerNorm reads the rows in shuffled order and the residual reads
@@ -434,6 +505,7 @@ class _AttnResidual(torch.autograd.Function):
                               *core)
         ctx.eps, ctx.dtype, ctx.triton, ctx.attend, ctx.heads, ctx.width = eps, dtype, triton, attend, heads, width
         ctx.shuffled, ctx.backend, ctx.groups, ctx.attn_scale = shuffle_in_kernels, backend, groups, attn_scale
+        ctx.low = low
         return out
 
     @staticmethod
@@ -443,10 +515,10 @@ class _AttnResidual(torch.autograd.Function):
         dtype, triton, heads, width, backend = ctx.dtype, ctx.triton, ctx.heads, ctx.width, ctx.backend
         B, N, C = x.shape
         g = g.contiguous()
-        g_s = g if scale is None else g * scale.view(B, 1, 1)
+        g_s = _branch_grad(g, scale, dtype)  # d out / d (c2 * branch), what the projection's GEMMs take
         shuffled = ctx.shuffled  # q/k/v in the shuffled token order: the whole branch stays in it
         if shuffled:  # the branch's incoming gradient in the same order (cast first: half the bytes to gather)
-            g_s = g_s.to(dtype).index_select(1, perm)
+            g_s = g_s.index_select(1, perm)
         xn = None
         if backend == "triton":  # q/k/v recomputed (one GEMM), then one or two launches from (q/k/v, do) to d qkv
             bqkv16, o, lse = core
@@ -476,13 +548,13 @@ class _AttnResidual(torch.autograd.Function):
             (dqkv,) = torch.autograd.grad(o, qkv_in, do.view(B, N, -1))
         dx, dlw, dlb, dwqkv, dbqkv, dc1, gbp = _ln_linear_backward(
             dqkv.reshape(B * N, -1), x, ln_w, ln_b, wqkv_e, mean, rstd, g, c1, scale, ctx.eps, dtype, triton,
-            perm if shuffled else None, inv_perm if shuffled else None, xn=xn, w16=wqkv16)
+            perm if shuffled else None, inv_perm if shuffled else None, xn=xn, w16=wqkv16, low=ctx.low)
         if width:  # back to the parameters' shapes: drop the padding rows / columns
             dwqkv = _unpad_heads(dwqkv, heads, width, C // heads)
             dbqkv = _unpad_heads(dbqkv, heads, width, C // heads)
             gwp = _unpad_heads(gwp.t(), heads, width, C // heads).t()
         dwp, dbp, dc2 = _finish_projection(gwp, gbp, wp, bp, c2)
-        return (dx, dlw, dlb, dwqkv, dbqkv, dwp, dbp, dc1, dc2) + (None,) * 12
+        return (dx, dlw, dlb, dwqkv, dbqkv, dwp, dbp, dc1, dc2) + (None,) * 13
 
 
 # ------------------------------------------------------------------------------------------------ entry points
@@ -517,8 +589,11 @@ def mlp_residual(x: torch.Tensor, norm, mlp, c1, c2, scale: Optional[torch.Tenso
     """Fused ``c1 * x + c2 * s * mlp(norm(x))`` for a ``TokenLayerNorm`` and a timm ``Mlp`` (GELU, no norm)."""
     a, b = _coefs(c1, c2)
     graph = _builds_graph(x, mlp.fc1.weight, mlp.fc2.weight, norm.weight)
-    return _call(_MlpResidual, graph, x.contiguous(), norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias,
-                 mlp.fc2.weight, mlp.fc2.bias, a, b, scale, norm.eps, compute_dtype(x), graph)
+    x, dtype = x.contiguous(), compute_dtype(x)
+    low = _low_copy_request(x, dtype) if graph else None
+    out = _call(_MlpResidual, graph, x, norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight,
+                mlp.fc2.bias, a, b, scale, norm.eps, dtype, graph, low)
+    return _mark_output(out, scale) if graph else out
 
 
 def padded_head_width(attn) -> int:
@@ -544,6 +619,9 @@ def attn_residual(x: torch.Tensor, norm, attn, groups: int, perm: Optional[torch
     a, b = _coefs(c1, c2)
     width = padded_head_width(attn)
     graph = _builds_graph(x, attn.qkv.weight, attn.proj.weight, norm.weight)
-    return _call(_AttnResidual, graph, x.contiguous(), norm.weight, norm.bias, attn.qkv.weight, attn.qkv.bias,
-                 attn.proj.weight, attn.proj.bias, a, b, scale, norm.eps, compute_dtype(x), attend, perm, inv_perm,
-                 attn.num_heads, width, graph, groups, attn.scale, attn.attn_impl == "sdpa")
+    x, dtype = x.contiguous(), compute_dtype(x)
+    low = _low_copy_request(x, dtype) if graph else None
+    out = _call(_AttnResidual, graph, x, norm.weight, norm.bias, attn.qkv.weight, attn.qkv.bias, attn.proj.weight,
+                attn.proj.bias, a, b, scale, norm.eps, dtype, attend, perm, inv_perm, attn.num_heads, width, graph,
+                groups, attn.scale, attn.attn_impl == "sdpa", low)
+    return _mark_output(out, scale) if graph else out

@@ -92,15 +92,17 @@ if triton is not None:
         tl.store(Rstd + rows, rstd, mask=rmask)
 
     @triton.jit
-    def _ln_bwd(X, DY, DX, W, Mean, Rstd, DW, DB, G, C1, GX, GS, S, M, C, N_TOK, num_tiles,
-                HAS_RES: tl.constexpr, HAS_GSUM: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_C: tl.constexpr, ACC2D: tl.constexpr):
+    def _ln_bwd(X, DY, DX, DX_LOW, S_LOW, W, Mean, Rstd, DW, DB, G, C1, GX, GS, S, M, C, N_TOK, num_tiles,
+                HAS_RES: tl.constexpr, HAS_GSUM: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_LOW: tl.constexpr,
+                LOW_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC2D: tl.constexpr):
         # Each program walks tiles pid, pid + P, ... and keeps its own dW/dB partial sums (reduced by the caller),
         # so the weight gradients need no atomics and stay deterministic. With HAS_RES the same pass also finishes
         # a scaled residual ``out = c1 * x + f(LN(x))``: DX += c1 * G and a partial sum(G * X) (the gradient of c1)
         # per program, so the residual's backward costs no extra pass over the tokens. With HAS_GSUM it also keeps
         # partial column sums of G (times a per-sample scale S with HAS_SCALE): the bias gradient of the Linear
-        # that produced the branch, again without a pass of its own.
+        # that produced the branch, again without a pass of its own. With HAS_LOW DX is also stored rounded to
+        # DX_LOW's dtype (times a per-sample scale S_LOW with LOW_SCALE): the operand the backward of the sublayer
+        # before this one feeds its GEMMs, without a pass of its own.
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
         cols = tl.arange(0, BLOCK_C)
@@ -145,6 +147,11 @@ if triton is not None:
                     else:
                         gs_acc += tl.sum(g, axis=0)[None, :]
             tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+            if HAS_LOW:
+                low = dx.to(DX.dtype.element_ty)
+                if LOW_SCALE:
+                    low = low * tl.load(S_LOW + rows // N_TOK, mask=rmask, other=0.0).to(DX.dtype.element_ty)[:, None]
+                tl.store(DX_LOW + offs, low.to(DX_LOW.dtype.element_ty), mask=mask)
             if ACC2D:
                 dw_acc += dy * xhat
                 db_acc += dy
@@ -227,7 +234,8 @@ def ln_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: 
 def ln_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
                 residual_grad: Optional[torch.Tensor] = None, c1: Optional[torch.Tensor] = None,
                 grad_sum: bool = False, scale: Optional[torch.Tensor] = None, tokens: int = 1,
-                config: Optional[BackwardConfig] = None,
+                config: Optional[BackwardConfig] = None, dx_low: Optional[torch.Tensor] = None,
+                dx_low_scale: Optional[torch.Tensor] = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Gradients of :func:`ln_forward` for the incoming ``dy2`` (M, C): ``(dx, dweight, dbias, dc1, gsum)``.
 
@@ -235,9 +243,13 @@ def ln_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean:
     ``c1``, ``dx`` also carries ``c1 * g`` and ``dc1 = sum(g * x)``; otherwise ``dc1`` is None. With ``grad_sum``
     (needs ``residual_grad``) ``gsum`` is the column sum of ``g``, each row times ``scale[row // tokens]`` if
     ``scale`` (B,) is given; otherwise None. ``config`` overrides :func:`backward_config` (for the tile sweep,
-    ``benchmarks/sweep_ln_backward.py``).
+    ``benchmarks/sweep_ln_backward.py``). ``dx_low`` (M, C), contiguous, in a lower-precision dtype: also gets ``dx``,
+    rounded to its dtype, in the same pass: exactly ``dx.to(dx_low.dtype)``, or with ``dx_low_scale`` (B,) exactly
+    ``(dx * dx_low_scale[row // tokens]).to(dx_low.dtype)``.
     """
     M, C = x2.shape
+    if dx_low is not None and (dx_low.shape != (M, C) or not dx_low.is_contiguous()):
+        raise ValueError(f"ln_backward: dx_low must be a contiguous ({M}, {C}) tensor, got {tuple(dx_low.shape)}")
     dx = torch.empty((M, C), device=x2.device, dtype=x2.dtype)
     block_m, warps, per_sm, acc2d = config or backward_config(M, C)
     block_c = next_power_of_2(C)
@@ -258,9 +270,11 @@ def ln_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean:
     gx = partial[2] if has_res else dw
     gs = partial[3] if grad_sum else dw
     launchable(_ln_bwd)[(programs,)](
-        x2, dy2, dx, weight, mean, rstd, dw, db, residual_grad if has_res else x2, c1 if has_res else weight, gx, gs,
+        x2, dy2, dx, dx_low if dx_low is not None else dx, dx_low_scale if dx_low_scale is not None else weight,
+        weight, mean, rstd, dw, db, residual_grad if has_res else x2, c1 if has_res else weight, gx, gs,
         scale if scale is not None else weight, M, C, tokens, num_tiles, HAS_RES=has_res, HAS_GSUM=grad_sum,
-        HAS_SCALE=scale is not None, BLOCK_M=block_m, BLOCK_C=block_c, ACC2D=acc2d, num_warps=warps)
+        HAS_SCALE=scale is not None, HAS_LOW=dx_low is not None, LOW_SCALE=dx_low_scale is not None,
+        BLOCK_M=block_m, BLOCK_C=block_c, ACC2D=acc2d, num_warps=warps)
     sums = partial.sum(-1)  # (n, C)
     dc1 = sums[2].sum().reshape(1) if has_res else None
     gsum = sums[3] if grad_sum else None
