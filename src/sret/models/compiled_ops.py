@@ -109,7 +109,9 @@ def _mlp_residual_backward_op(g: Tensor, x: Tensor, ln_w: Tensor, ln_b: Tensor, 
                               mean: Tensor, rstd: Tensor, w1_16: Tensor, eps: float, dtype: torch.dtype,
                               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """d (x, ln_w, ln_b, w1, b1, w2, b2, c1, c2) of ``sret::mlp_residual_train``: the fused sublayer's backward."""
-    ctx = _Saved((x, ln_w, ln_b, w1, w2, b2, c1, c2, scale, h, mean, rstd, w1_16), eps=eps, dtype=dtype, triton=True)
+    # low=None: no low-precision copy of dx for the sublayer before (fused.py's attribute cannot cross an op boundary)
+    ctx = _Saved((x, ln_w, ln_b, w1, w2, b2, c1, c2, scale, h, mean, rstd, w1_16), eps=eps, dtype=dtype, triton=True,
+                 low=None)
     with traceable_launches():
         grads = fused._MlpResidual.backward(ctx, g)[:9]
     return _filled(grads, x)
@@ -164,7 +166,7 @@ def _attn_residual_backward_op(g: Tensor, x: Tensor, ln_w: Tensor, ln_b: Tensor,
     wp_e = fused._pad_heads(wp.t(), heads, head_dim, width).t() if width else wp
     ctx = _Saved((x, ln_w, ln_b, wqkv_e, wqkv16, wp, wp_e, bp, c1, c2, scale, mean, rstd, perm, inv_perm, bqkv16, o,
                   lse), eps=eps, dtype=dtype, triton=True, attend=None, heads=heads, width=width,
-                 shuffled=perm is not None, backend="triton", groups=groups, attn_scale=attn_scale)
+                 shuffled=perm is not None, backend="triton", groups=groups, attn_scale=attn_scale, low=None)
     with traceable_launches():
         grads = fused._AttnResidual.backward(ctx, g)[:9]
     return _filled(grads, x)
