@@ -187,14 +187,14 @@ class DepthwisePool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda and not torch.compiler.is_compiling() and x.dtype == torch.float32:
-            # In eager mode on CUDA the conv runs in float32 on an NCHW copy, outside autocast. The stage hands over
-            # an NHWC-strided float32 map, and cuDNN's grouped NHWC kernels (and its bf16 ones) were the slow
-            # choice: on an H100 at batch 256, SReT-T's two pools took 0.62 ms forward and 1.96 ms forward +
-            # backward as bf16 NHWC against 0.29 / 0.99 ms this way, copy included (benchmarks/bench_pool.py,
-            # docs/perf_notes.md). float32 is also the more exact of the two; Inductor picks its own layout.
-            # Without autograd, one Triton launch reads the NHWC map as it is and writes the next stage's tokens.
-            grad = torch.is_grad_enabled() and (x.requires_grad or self.conv.weight.requires_grad)
-            if not grad and fused.fused_enabled():
+            # In eager mode on CUDA the conv runs in float32, outside autocast. The stage hands over an
+            # NHWC-strided float32 map. The Triton kernels read it as it is and write the next stage's tokens (and
+            # the gradients the same way round). Where they do not apply, the conv runs on an NCHW copy: cuDNN's
+            # grouped NHWC kernels (and its bf16 ones) were the slow choice there, on an H100 at batch 256 SReT-T's
+            # two pools took 0.62 ms forward and 1.96 ms forward + backward as bf16 NHWC against 0.29 / 0.99 ms
+            # that way, copy included (benchmarks/bench_pool.py, docs/perf_notes.md). float32 is also the more exact
+            # of the two; Inductor picks its own layout.
+            if fused.fused_enabled():
                 out = pool_kernels.depthwise_pool_nhwc(x, self.conv)  # (B, C_out, H/2, W/2), channels-last
                 if out is not None:
                     return out
