@@ -145,75 +145,98 @@ if triton is not None:
 
         Input row ih fed output row oh through tap kh where ih = 2 oh - 1 + kh: for each tap, oh = (ih + 1 - kh) / 2
         where that is a whole number in range (one tap for an even ih, two for an odd one; the same along w). Input
-        channel c fed output channels 2c and 2c + 1, adjacent in memory: read as one contiguous run and split.
+        channel c fed output channels 2c and 2c + 1, adjacent in memory: the gradient is read as contiguous runs of
+        2 BLOCK_C channels, weighted per output channel, and each pair summed once at the end. (Strided loads of the
+        two channels, or splitting each load in registers, compiled to thousands of bytes of spills a thread.)
         """
         p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # input pixels, flattened over (B, H, W)
         ci = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         co = tl.program_id(1) * 2 * BLOCK_C + tl.arange(0, 2 * BLOCK_C)  # output channels 2 ci, 2 ci + 1
         pmask = p < P
-        cmask = ci < CI
+        comask = co < 2 * CI
         iw = p % Wd
         ih = (p // Wd) % H
         b = p // (Wd * H)
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        for kh in tl.static_range(3):
+        acc = tl.zeros((BLOCK_P, 2 * BLOCK_C), dtype=tl.float32)  # per output channel
+        # a loop, not unrolled: unrolled, the compiler hoisted all nine taps' loads and their addresses (spills)
+        for tap in range(9):
+            kh = tap // 3
+            kw = tap % 3
             th = ih + 1 - kh  # 2 oh
-            oh = th // 2
-            ok_h = (th >= 0) & (th % 2 == 0) & (oh < OH)
-            for kw in tl.static_range(3):
-                tw = iw + 1 - kw
-                ow = tw // 2
-                ok = pmask & ok_h & (tw >= 0) & (tw % 2 == 0) & (ow < OW)
-                row = ((b.to(tl.int64) * OH + oh) * OW + ow) * (2 * CI)  # start of output pixel (b, oh, ow)
-                g = tl.load(GO + row[:, None] + co[None, :], mask=ok[:, None] & (co < 2 * CI)[None, :], other=0.0)
-                g0, g1 = tl.split(tl.reshape(g, (BLOCK_P, BLOCK_C, 2)))  # output channels 2 ci and 2 ci + 1
-                w0 = tl.load(W + (2 * ci) * 9 + kh * 3 + kw, mask=cmask, other=0.0)  # weight (C_out, 1, 3, 3)
-                w1 = tl.load(W + (2 * ci + 1) * 9 + kh * 3 + kw, mask=cmask, other=0.0)
-                acc += g0 * w0[None, :] + g1 * w1[None, :]
-        tl.store(DX + p[:, None].to(tl.int64) * CI + ci[None, :], acc, mask=pmask[:, None] & cmask[None, :])
+            tw = iw + 1 - kw
+            oh = th >> 1
+            ow = tw >> 1
+            ok = pmask & (th >= 0) & ((th & 1) == 0) & (oh < OH) & (tw >= 0) & ((tw & 1) == 0) & (ow < OW)
+            row = ((b.to(tl.int64) * OH + oh) * OW + ow) * (2 * CI)  # start of output pixel (b, oh, ow)
+            g = tl.load(GO + row[:, None] + co[None, :], mask=ok[:, None] & comask[None, :], other=0.0)
+            w = tl.load(W + co * 9 + tap, mask=comask, other=0.0)  # weight (C_out, 1, 3, 3)
+            acc += g * w[None, :]
+        dx = tl.sum(tl.reshape(acc, (BLOCK_P, BLOCK_C, 2)), axis=2)  # output channels 2 ci + 2 ci + 1
+        tl.store(DX + p[:, None].to(tl.int64) * CI + ci[None, :], dx, mask=pmask[:, None] & (ci < CI)[None, :])
+
+    @triton.jit
+    def _tap_product(X, g, b, oh, ow, pmask, ci, cmask, H, Wd, CI, KH: tl.constexpr, KW: tl.constexpr):
+        """``g`` (BLOCK_P output pixels, 2 BLOCK_C output channels) times the input each pixel's tap (KH, KW)
+        read: output channel 2c and 2c + 1 read input channel c."""
+        ih = oh * 2 - 1 + KH
+        iw = ow * 2 - 1 + KW
+        ok = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < Wd)
+        row = ((b.to(tl.int64) * H + ih) * Wd + iw) * CI
+        v = tl.load(X + row[:, None] + ci[None, :], mask=ok[:, None] & cmask[None, :], other=0.0)
+        return g * tl.interleave(v, v)
 
     @triton.jit
     def _pool_bwd_params(X, GO, DWP, DBP, P, H, Wd, OH, OW, CI, num_tiles, BLOCK_P: tl.constexpr,
                          BLOCK_C: tl.constexpr):
         """Partial weight and bias gradients of a pool with C_out = 2 C_in: program (i, j) sums over the output-pixel
         tiles i, i + n, ... (n programs along axis 0) for input-channel tile j, into DWP (n, 16, C_out) (rows: the
-        9 taps, then padding) and DBP (n, C_out). The caller sums over programs in a fixed order."""
+        9 taps, then padding) and DBP (n, C_out). The caller sums over programs in a fixed order. The sums stay per
+        element, one (BLOCK_P, 2 BLOCK_C) accumulator a tap, and are reduced over pixels once at the end."""
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
         ci = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         co = tl.program_id(1) * 2 * BLOCK_C + tl.arange(0, 2 * BLOCK_C)
         cmask = ci < CI
-        taps = tl.arange(0, 16)
-        dw0 = tl.zeros((16, BLOCK_C), dtype=tl.float32)  # taps x input channels, output channel 2 ci
-        dw1 = tl.zeros((16, BLOCK_C), dtype=tl.float32)  # ... output channel 2 ci + 1
-        db0 = tl.zeros((BLOCK_C,), dtype=tl.float32)
-        db1 = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        comask = co < 2 * CI
+        a00 = tl.zeros((BLOCK_P, 2 * BLOCK_C), dtype=tl.float32)
+        a01 = tl.zeros((BLOCK_P, 2 * BLOCK_C), dtype=tl.float32)
+        a02 = tl.zeros((BLOCK_P, 2 * BLOCK_C), dtype=tl.float32)
+        a10 = tl.zeros((BLOCK_P, 2 * BLOCK_C), dtype=tl.float32)
+        a11 = tl.zeros((BLOCK_P, 2 * BLOCK_C), dtype=tl.float32)
+        a12 = tl.zeros((BLOCK_P, 2 * BLOCK_C), dtype=tl.float32)
+        a20 = tl.zeros((BLOCK_P, 2 * BLOCK_C), dtype=tl.float32)
+        a21 = tl.zeros((BLOCK_P, 2 * BLOCK_C), dtype=tl.float32)
+        a22 = tl.zeros((BLOCK_P, 2 * BLOCK_C), dtype=tl.float32)
+        gb = tl.zeros((BLOCK_P, 2 * BLOCK_C), dtype=tl.float32)
         for tile in range(pid, num_tiles, nprog):
             p = tile * BLOCK_P + tl.arange(0, BLOCK_P)  # output pixels, flattened over (B, OH, OW)
             pmask = p < P
             ow = p % OW
             oh = (p // OW) % OH
             b = p // (OW * OH)
-            g = tl.load(GO + p[:, None].to(tl.int64) * (2 * CI) + co[None, :],
-                        mask=pmask[:, None] & (co < 2 * CI)[None, :], other=0.0)
-            g0, g1 = tl.split(tl.reshape(g, (BLOCK_P, BLOCK_C, 2)))
-            db0 += tl.sum(g0, axis=0)
-            db1 += tl.sum(g1, axis=0)
-            for kh in tl.static_range(3):
-                ih = oh * 2 - 1 + kh
-                for kw in tl.static_range(3):
-                    iw = ow * 2 - 1 + kw
-                    ok = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < Wd)
-                    row = ((b.to(tl.int64) * H + ih) * Wd + iw) * CI
-                    v = tl.load(X + row[:, None] + ci[None, :], mask=ok[:, None] & cmask[None, :], other=0.0)
-                    tap = (taps == kh * 3 + kw)[:, None]
-                    dw0 += tl.where(tap, tl.sum(v * g0, axis=0)[None, :], 0.0)
-                    dw1 += tl.where(tap, tl.sum(v * g1, axis=0)[None, :], 0.0)
-        out = DWP + pid * 16 * (2 * CI) + taps[:, None] * (2 * CI)
-        tl.store(out + (2 * ci)[None, :], dw0, mask=cmask[None, :])
-        tl.store(out + (2 * ci + 1)[None, :], dw1, mask=cmask[None, :])
-        tl.store(DBP + pid * (2 * CI) + 2 * ci, db0, mask=cmask)
-        tl.store(DBP + pid * (2 * CI) + 2 * ci + 1, db1, mask=cmask)
+            g = tl.load(GO + p[:, None].to(tl.int64) * (2 * CI) + co[None, :], mask=pmask[:, None] & comask[None, :],
+                        other=0.0)
+            gb += g
+            a00 += _tap_product(X, g, b, oh, ow, pmask, ci, cmask, H, Wd, CI, 0, 0)
+            a01 += _tap_product(X, g, b, oh, ow, pmask, ci, cmask, H, Wd, CI, 0, 1)
+            a02 += _tap_product(X, g, b, oh, ow, pmask, ci, cmask, H, Wd, CI, 0, 2)
+            a10 += _tap_product(X, g, b, oh, ow, pmask, ci, cmask, H, Wd, CI, 1, 0)
+            a11 += _tap_product(X, g, b, oh, ow, pmask, ci, cmask, H, Wd, CI, 1, 1)
+            a12 += _tap_product(X, g, b, oh, ow, pmask, ci, cmask, H, Wd, CI, 1, 2)
+            a20 += _tap_product(X, g, b, oh, ow, pmask, ci, cmask, H, Wd, CI, 2, 0)
+            a21 += _tap_product(X, g, b, oh, ow, pmask, ci, cmask, H, Wd, CI, 2, 1)
+            a22 += _tap_product(X, g, b, oh, ow, pmask, ci, cmask, H, Wd, CI, 2, 2)
+        out = DWP + pid * 16 * (2 * CI) + co
+        tl.store(out + 0 * (2 * CI), tl.sum(a00, axis=0), mask=comask)
+        tl.store(out + 1 * (2 * CI), tl.sum(a01, axis=0), mask=comask)
+        tl.store(out + 2 * (2 * CI), tl.sum(a02, axis=0), mask=comask)
+        tl.store(out + 3 * (2 * CI), tl.sum(a10, axis=0), mask=comask)
+        tl.store(out + 4 * (2 * CI), tl.sum(a11, axis=0), mask=comask)
+        tl.store(out + 5 * (2 * CI), tl.sum(a12, axis=0), mask=comask)
+        tl.store(out + 6 * (2 * CI), tl.sum(a20, axis=0), mask=comask)
+        tl.store(out + 7 * (2 * CI), tl.sum(a21, axis=0), mask=comask)
+        tl.store(out + 8 * (2 * CI), tl.sum(a22, axis=0), mask=comask)
+        tl.store(DBP + pid * (2 * CI) + co, tl.sum(gb, axis=0), mask=comask)
 
 
 def _input_grad(g: torch.Tensor, weight: torch.Tensor, H: int, Wd: int) -> torch.Tensor:
@@ -223,8 +246,10 @@ def _input_grad(g: torch.Tensor, weight: torch.Tensor, H: int, Wd: int) -> torch
     CI = CO // 2
     dx = torch.empty((B, H, Wd, CI), device=g.device, dtype=torch.float32)  # NHWC: the previous stage's tokens
     P = B * H * Wd
-    block_c = min(64, max(16, next_power_of_2(CI)))
-    block_p = 64
+    # 32 x 32 tiles: 113 registers a thread and no spills when compiled for sm_90 (64-pixel or 64-channel tiles
+    # spilled)
+    block_c = min(32, max(16, next_power_of_2(CI)))
+    block_p = 32
     _pool_bwd_input[(cdiv(P, block_p), cdiv(CI, block_c))](
         g, weight, dx, P, H, Wd, OH, OW, CI, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
     return dx.permute(0, 3, 1, 2)
@@ -236,8 +261,8 @@ def _param_grads(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.
     B, CO, OH, OW = g.shape
     _, CI, H, Wd = x.shape
     P = B * OH * OW
-    block_c = min(64, max(16, next_power_of_2(CI)))
-    block_p = 64
+    block_c = min(32, max(16, next_power_of_2(CI)))  # nine (8, 64) accumulators: 109 registers on sm_90, no spills
+    block_p = 8
     ctiles, num_tiles = cdiv(CI, block_c), cdiv(P, block_p)
     programs = min(num_tiles, max(1, 4 * _ln._sm_count(g.device) // ctiles))
     dwp = torch.zeros((programs, 16, CO), device=g.device, dtype=torch.float32)
