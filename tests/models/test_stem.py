@@ -56,3 +56,39 @@ def test_padded_input_channels_change_nothing_in_float64(monkeypatch):
     torch.testing.assert_close(stem._conv(padded, stem.conv1), stem.conv1(x), rtol=1e-10, atol=1e-12)  # training path
     monkeypatch.setenv("SRET_STEM_PAD", "0")
     assert sret_module._stem_pad(3) == 0
+
+
+FIRST_CONV_SCRIPT = r"""
+import torch, torch.nn.functional as F
+from sret.models.stem_conv import first_conv
+
+torch.manual_seed(0)
+# SReT-T's (3 -> 32) and SReT-S's (3 -> 63: output channels padded inside) first convs, odd and even map sizes
+for c_out, hw in ((32, (9, 14)), (63, (7, 7)), (16, (16, 10))):
+    conv = torch.nn.Conv2d(3, c_out, 3, stride=2, padding=1)
+    x = torch.randn(2, 3, *hw) * 2
+    y = first_conv(x, conv, torch.float16)
+    assert y.dtype == torch.float16 and y.is_contiguous(memory_format=torch.channels_last), (y.dtype, y.stride())
+    # the reference rounds input and weight to float16 as autocast's conv does, then computes in float64; no bias
+    xr, wr = x.half().double(), conv.weight.detach().half().double()
+    ref = F.conv2d(xr, wr, None, stride=2, padding=1)
+    assert y.shape == ref.shape and rel(y, ref) < 1e-3, (c_out, rel(y, ref))
+    g = torch.randn(y.shape).half().contiguous(memory_format=torch.channels_last)
+    (dw,) = torch.autograd.grad(y, (conv.weight,), g)
+    w64 = wr.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(F.conv2d(xr, w64, None, stride=2, padding=1), (w64,), g.double())
+    assert dw.dtype == torch.float32 and dw.shape == conv.weight.shape and rel(dw, want) < 1e-5, rel(dw, want)
+# where the kernels do not apply: the caller's cuDNN path
+assert first_conv(torch.randn(2, 8, 8, 8), torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.float16) is None
+assert first_conv(torch.randn(2, 3, 8, 8), torch.nn.Conv2d(3, 16, 3, stride=2, padding=1), torch.float32) is None
+assert first_conv(torch.randn(2, 3, 8, 8, requires_grad=True), torch.nn.Conv2d(3, 16, 3, stride=2, padding=1),
+                  torch.float16) is None
+print("ok")
+"""
+
+
+def test_first_conv_kernels_match_conv2d_in_float64_in_interpreter():
+    """The training stem's first conv (``stem_conv.py``): output and weight gradient against ``F.conv2d``."""
+    from ..interpreter import run_in_interpreter
+
+    run_in_interpreter(FIRST_CONV_SCRIPT)

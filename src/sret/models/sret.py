@@ -23,7 +23,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from sret.errors import SReTError
-from sret.models import batchnorm_kernels, fused, image_layout, pool_kernels
+from sret.models import batchnorm_kernels, fused, image_layout, pool_kernels, stem_conv
 from sret.models.attention import AttnImpl
 from sret.models.stage import EvalPermutation, RecursiveStage
 
@@ -60,6 +60,7 @@ class ConvStem(nn.Module):
         self.bn3 = nn.BatchNorm2d(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = None  # the first conv's output where the Triton kernels made it
         if x.is_cuda and (os.environ.get("SRET_STEM_NHWC_COMPILED") == "1" or not torch.compiler.is_compiling()):
             # NHWC on CUDA in eager mode (Inductor picks its own layouts; NHWC measured slower there): cuDNN's
             # channels-last conv and BatchNorm kernels are what make the stem cheap (its bf16
@@ -68,11 +69,18 @@ class ConvStem(nn.Module):
             # order of the (B, N, C) tokens the stages work on, so the token view after it needs no copy.
             if not self.training and not torch.is_grad_enabled() and fused.fused_enabled():
                 return self._forward_folded(x)
-            if fused.fused_enabled() and _stem_pad(x.shape[1]):
-                x = _padded_input(x, fused.compute_dtype(x))  # (B, C_in + pad, H, W), channels-last
-            else:
-                x = x.contiguous(memory_format=torch.channels_last)
-        x = self._conv_bn_relu(x, self.conv1, self.bn1)  # (B, C/2, H/2, W/2)
+            # training: the first conv as Triton kernels straight from the NCHW images (stem_conv.py), else cuDNN's
+            if fused.fused_enabled() and self.bn1.training:
+                y = stem_conv.first_conv(x, self.conv1, fused.compute_dtype(x))  # (B, C/2, H/2, W/2), no bias
+            if y is None:
+                if fused.fused_enabled() and _stem_pad(x.shape[1]):
+                    x = _padded_input(x, fused.compute_dtype(x))  # (B, C_in + pad, H, W), channels-last
+                else:
+                    x = x.contiguous(memory_format=torch.channels_last)
+        if y is not None:
+            x = self._bn_relu(y, self.conv1, self.bn1, kernels=True)  # (B, C/2, H/2, W/2)
+        else:
+            x = self._conv_bn_relu(x, self.conv1, self.bn1)  # (B, C/2, H/2, W/2)
         x = self._conv_bn_relu(x, self.conv2, self.bn2)  # (B, C, H/4, W/4)
         return self._conv_bn_relu(x, self.conv3, self.bn3)  # (B, C, H/8, W/8)
 
@@ -82,7 +90,11 @@ class ConvStem(nn.Module):
         (``batchnorm_kernels.py``), and the conv runs without its bias, which batch statistics cancel (the kernels
         move the running mean by it instead): no bias add over the conv output, no bias-gradient reduction."""
         kernels = x.is_cuda and fused.fused_enabled() and bn.training
-        y = ConvStem._conv(x, conv, bias=not kernels)
+        return ConvStem._bn_relu(ConvStem._conv(x, conv, bias=not kernels), conv, bn, kernels)
+
+    @staticmethod
+    def _bn_relu(y: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, kernels: bool) -> torch.Tensor:
+        """``relu(bn(y + conv.bias))`` for a conv output ``y``, which lacks the conv's bias where ``kernels``."""
         if kernels:
             out = batchnorm_kernels.batch_norm_relu(y, bn, shift=conv.bias)
             if out is not None:
