@@ -1,3 +1,8 @@
+#!/usr/bin/env bash
+# A/B of the training step as CUDA graphs in one call (runs 72-74): the GPU checks first (check_fused.py for sret_t
+# and sret_s, check_train_graph.py), then base / new / new / base for sret_t and sret_s (base = ab_base/src, a copy
+# of the previous commit's src/: `git archive HEAD src | tar -x -C ab_base`, carried to the device), then target 1's
+# plain baseline and the default beside it, and a profile of one training step. ~6 min on an H100.
 source experiments/device_env.sh; export OUT
 {
 python3 benchmarks/check_fused.py --batch-size 8
