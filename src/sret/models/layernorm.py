@@ -175,13 +175,15 @@ def _tiling(C: int) -> tuple[int, int]:
 # The backward's launch: (rows a tile, warps, programs per SM (0: one program per tile), column sums per element).
 BackwardConfig = tuple[int, int, int, bool]
 
-# The fastest launch per SReT width at batch 256 (``benchmarks/sweep_ln_backward.py``, H100, run 54; the rows of one
-# width differ only with the batch). Four warps throughout: with eight, the row sums run in another order and dx
-# changes in its last bits. The per-element column sums (ACC2D) cut SReT-T's three shapes from 85 / 65 / 52 us to
-# 71 / 43 / 34 us; SReT-S's 252 and 504 wide rows keep the per-tile sums, which won there.
+# The fastest launch per SReT width at batch 256 (``benchmarks/sweep_ln_backward.py``, H100; the rows of one width
+# differ only with the batch). Run 54: the per-element column sums (ACC2D) cut SReT-T's three shapes from 85 / 65 /
+# 52 us to 71 / 43 / 34 us; SReT-S's 252 and 504 wide rows keep the per-tile sums, which won there. Run 78, with the
+# bf16 copy of dx the fused sublayers now ask for (``--low``, 16 bytes a channel instead of 14): three widths moved,
+# T's 64 (106.6 -> 100.6 us), S's 126 (240.0 -> 227.5) and 252 (123.2 -> 114.0). Eight warps (width 64) sum each
+# row in another order than four, so dx differs from the four-warp launches in its last bits.
 _BACKWARD_TABLE: dict[int, BackwardConfig] = {
-    64: (32, 4, 2, True), 128: (16, 4, 2, True), 256: (8, 4, 2, True),
-    126: (8, 4, 4, True), 252: (8, 4, 4, False), 504: (8, 4, 2, False),
+    64: (32, 8, 2, True), 128: (16, 4, 2, True), 256: (8, 4, 2, True),
+    126: (16, 4, 2, True), 252: (16, 4, 2, False), 504: (8, 4, 2, False),
 }
 
 
