@@ -117,6 +117,8 @@ def _first_conv_weight_grad(x: torch.Tensor, gy: torch.Tensor, weight: torch.Ten
 
 
 class _FirstConv(torch.autograd.Function):
+    """The first conv without its bias, differentiable in the weight only (the images need no gradient)."""
+
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
