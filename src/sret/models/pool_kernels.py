@@ -189,8 +189,8 @@ if triton is not None:
     def _pool_bwd_params(X, GO, DWP, DBP, P, H, Wd, OH, OW, CI, num_tiles, BLOCK_P: tl.constexpr,
                          BLOCK_C: tl.constexpr):
         """Partial weight and bias gradients of a pool with C_out = 2 C_in: program (i, j) sums over the output-pixel
-        tiles i, i + n, ... (n programs along axis 0) for input-channel tile j, into DWP (n, 16, C_out) (rows: the
-        9 taps, then padding) and DBP (n, C_out). The caller sums over programs in a fixed order. The sums stay per
+        tiles i, i + n, ... (n programs along axis 0) for input-channel tile j, into DWP (n, 9 taps, C_out) and DBP
+        (n, C_out), every element written. The caller sums over programs in a fixed order. The sums stay per
         element, one (BLOCK_P, 2 BLOCK_C) accumulator a tap, and are reduced over pixels once at the end."""
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
@@ -226,7 +226,7 @@ if triton is not None:
             a20 += _tap_product(X, g, b, oh, ow, pmask, ci, cmask, H, Wd, CI, 2, 0)
             a21 += _tap_product(X, g, b, oh, ow, pmask, ci, cmask, H, Wd, CI, 2, 1)
             a22 += _tap_product(X, g, b, oh, ow, pmask, ci, cmask, H, Wd, CI, 2, 2)
-        out = DWP + pid * 16 * (2 * CI) + co
+        out = DWP + pid * 9 * (2 * CI) + co
         tl.store(out + 0 * (2 * CI), tl.sum(a00, axis=0), mask=comask)
         tl.store(out + 1 * (2 * CI), tl.sum(a01, axis=0), mask=comask)
         tl.store(out + 2 * (2 * CI), tl.sum(a02, axis=0), mask=comask)
@@ -265,11 +265,11 @@ def _param_grads(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.
     block_p = 8
     ctiles, num_tiles = cdiv(CI, block_c), cdiv(P, block_p)
     programs = min(num_tiles, max(1, 4 * _ln._sm_count(g.device) // ctiles))
-    dwp = torch.zeros((programs, 16, CO), device=g.device, dtype=torch.float32)
-    dbp = torch.zeros((programs, CO), device=g.device, dtype=torch.float32)
+    dwp = torch.empty((programs, 9, CO), device=g.device, dtype=torch.float32)  # every element written
+    dbp = torch.empty((programs, CO), device=g.device, dtype=torch.float32)
     _pool_bwd_params[(programs, ctiles)](
         x, g, dwp, dbp, P, H, Wd, OH, OW, CI, num_tiles, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
-    dw = dwp.sum(0)[:9].t().reshape(CO, 1, 3, 3)  # (taps, C_out) -> (C_out, 1, 3, 3)
+    dw = dwp.sum(0).t().reshape(CO, 1, 3, 3)  # (taps, C_out) -> (C_out, 1, 3, 3)
     return dw, dbp.sum(0)
 
 
