@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 import timm
 import torch.nn.functional as F
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 import sret
@@ -102,13 +103,15 @@ def profile_model(name: str, bench: str, batch: int, out: Path, tag: str, steps:
         torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() / 2**30
     events = p.key_averages()
+    kernels = [e.time_range.elapsed_us() for e in p.events() if e.device_type == DeviceType.CUDA]
     aten_calls = sum(e.count for e in events if e.key.startswith("aten::"))
     cpu_ms = sum(e.self_cpu_time_total for e in events) / 1e3 / steps
     gpu_ms = sum(e.self_device_time_total for e in events) / 1e3 / steps
     table = events.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=70)
     head = (f"=== {name} {bench} [{tag}] per step: wall {wall_ms:.2f} ms unprofiled, CPU self {cpu_ms:.1f} ms, "
             f"GPU self {gpu_ms:.1f} ms, "
-            f"aten calls {aten_calls / steps:.0f} (incl. nested), peak {peak:.2f} GiB")
+            f"aten calls {aten_calls / steps:.0f} (incl. nested), peak {peak:.2f} GiB\n"
+            + kernel_histogram(kernels, steps))
     for op in by_shape:  # the named ops split by input shapes: which calls of a many-called op cost the time
         shaped = [e for e in p.key_averages(group_by_input_shape=True) if e.key == op]
         shaped.sort(key=lambda e: -e.self_device_time_total)
@@ -122,6 +125,19 @@ def profile_model(name: str, bench: str, batch: int, out: Path, tag: str, steps:
     print(head, flush=True)
     kept = [ln for ln in table.splitlines()[3:3 + 14]]
     print("\n".join(ln[:72] + ln[-60:] for ln in kept), flush=True)
+
+
+def kernel_histogram(durations_us: list[float], steps: int) -> str:
+    """Kernels (and memsets/copies) a step, their summed time, and how much of it is in short kernels: a step of
+    many few-microsecond launches is bound by their count, not their bytes."""
+    edges = (2, 4, 8, 16, 32, 64, 128, float("inf"))
+    line = f"kernels per step {len(durations_us) / steps:.0f}, {sum(durations_us) / steps / 1e3:.2f} ms;"
+    lo = 0.0
+    for hi in edges:
+        sel = [d for d in durations_us if lo <= d < hi]
+        line += f" [{lo:g},{hi:g}) us: {len(sel) / steps:.0f} / {sum(sel) / steps / 1e3:.2f} ms;"
+        lo = hi
+    return line
 
 
 def time_stem(batch: int, channels_last: bool, iters: int = 20) -> float:

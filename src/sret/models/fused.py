@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from sret.models import backward_finish as _finish
 from sret.models import layernorm as _ln
 from sret.models.attention import invert_permutation, split_qkv
 from sret.models.group_attention import backward_applies, group_attention, group_attention_backward
@@ -82,12 +83,9 @@ def _layer_norm_backward(gy: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, b:
     """
     coef = c1 if c1 is not None else torch.ones(1, device=x2.device, dtype=x2.dtype)
     if triton:
-        copy = torch.empty(x2.shape, device=x2.device, dtype=low[0]) if low is not None else None
-        dx, dw, db, dc1, gsum = _ln.ln_backward(gy, x2, w, mean, rstd, g, coef, grad_sum=True, scale=scale,
-                                                tokens=tokens, dx_low=copy, dx_low_scale=low[1] if low else None)
+        dx, dw, db, dc1, gsum = _triton_ln_backward(_ln.ln_backward, gy, x2, w, mean, rstd, g, coef, scale, tokens,
+                                                    low)
         dc1 = dc1.to(coef.dtype)
-        if copy is not None:
-            _keep_low_copy(dx, copy, low[1])
     else:
         dx, dw, db = torch.ops.aten.native_layer_norm_backward(
             gy.to(x2.dtype), x2, (x2.shape[-1],), mean, rstd, w, b, [True, True, True])
@@ -96,6 +94,19 @@ def _layer_norm_backward(gy: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, b:
         gsum = g_s.sum(0)
         dx = torch.addcmul(dx, g, coef) if c1 is not None else dx + g
     return dx, dw, db, (dc1 if c1 is not None else None), gsum
+
+
+def _triton_ln_backward(launch, gy: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, mean: torch.Tensor,
+                        rstd: torch.Tensor, g: torch.Tensor, coef: torch.Tensor, scale: Optional[torch.Tensor],
+                        tokens: int, low: Optional[tuple]):
+    """``launch`` (``layernorm.ln_backward`` or ``ln_backward_partials``) with the residual, the gradient sum and,
+    with ``low``, dx's low-precision copy, which is then kept on dx (:func:`_keep_low_copy`)."""
+    copy = torch.empty(x2.shape, device=x2.device, dtype=low[0]) if low is not None else None
+    out = launch(gy, x2, w, mean, rstd, g, coef, grad_sum=True, scale=scale, tokens=tokens, dx_low=copy,
+                 dx_low_scale=low[1] if low else None)
+    if copy is not None:
+        _keep_low_copy(out[0], copy, low[1])
+    return out
 
 
 def _use_triton(x: torch.Tensor) -> bool:
@@ -113,16 +124,24 @@ def _recompute_ln(x: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, eps: 
     return _layer_norm(x2, ln_w, ln_b, eps, dtype, triton, ones_column=triton)[0]
 
 
+_FINISH_IN_ONE_LAUNCH = True  # tests switch it off to compare with the separate launches
+
+
 def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, w: torch.Tensor,
                         mean: torch.Tensor, rstd: torch.Tensor, g: torch.Tensor, c1: Optional[torch.Tensor],
                         scale: Optional[torch.Tensor], eps: float, dtype: torch.dtype, triton: bool,
                         perm: Optional[torch.Tensor] = None, inv_perm: Optional[torch.Tensor] = None,
                         xn: Optional[torch.Tensor] = None, w16: Optional[torch.Tensor] = None,
-                        low: Optional[tuple] = None):
+                        low: Optional[tuple] = None, proj: Optional[tuple] = None):
     """Backward of ``c1 * x + ... z`` with ``z = LN(x) @ w.T + b``, given ``dz`` (M, out) and ``g = d out`` (B, N, C).
 
     The LN output is recomputed from the saved statistics. Returns ``(dx, dln_w, dln_b, dw, db, dc1, gsum)``, with
     ``gsum`` the column sum of ``g * s`` (see :func:`_layer_norm_backward`).
+
+    ``proj = (gw, w_p, b_p, c2)``: the branch ends in ``c2 * (a @ w_p.T + b_p)`` and ``gw = g_s^T a``
+    (:func:`_projection_grads`). Its gradients are finished here too: the last item returned is ``(dw_p, db_p,
+    dc2)`` instead of ``gsum``. On the Triton path with both coefficients every parameter gradient is finished in
+    one launch (``backward_finish.py``); otherwise by :func:`_finish_projection`.
 
     On the Triton path the recomputed LN output carries a ones column, so the weight-gradient GEMM also yields
     ``db = sum(dz)`` (rounded to the compute dtype, as autograd's bias gradient of a bf16 ``addmm`` is): no
@@ -140,14 +159,22 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
     if xn is None:
         xn = _recompute_ln(x, ln_w, ln_b, eps, dtype, triton, perm)
     dwb = torch.mm(dz.t(), xn)  # (out, C) or, with the ones column, (out, C + pad)
-    dw = dwb[:, :C].to(w.dtype)
-    db = dwb[:, C].to(w.dtype) if triton else dz.sum(0, dtype=w.dtype)
     dxn = torch.mm(dz, w.to(dtype) if w16 is None else w16[:, :C])
     if perm is not None:
         dxn = dxn.view(B, N, C).index_select(1, inv_perm).view(B * N, C)  # back to grid order
+    if (_FINISH_IN_ONE_LAUNCH and proj is not None and triton and c1 is not None and proj[3] is not None
+            and _finish.applies(x2, proj[0], proj[1], proj[2], dwb)):
+        dx, partial, counter = _triton_ln_backward(_ln.ln_backward_partials, dxn, x2, ln_w, mean, rstd,
+                                                   g.view(B * N, C), c1, scale, N, low)
+        dlw, dlb, dc1, dw_p, db_p, dc2, dw, db = _finish.finish_sublayer(partial, counter, *proj[:3], c1, proj[3],
+                                                                         dwb, w.dtype, ln_w.dtype)
+        return _reshape_with_low_copy(dx, (B, N, C)), dlw, dlb, dw, db, dc1, (dw_p, db_p, dc2)
+    dw = dwb[:, :C].to(w.dtype)
+    db = dwb[:, C].to(w.dtype) if triton else dz.sum(0, dtype=w.dtype)
     dx, dlw, dlb, dc1, gsum = _layer_norm_backward(dxn, x2, ln_w, ln_b, mean, rstd, g.view(B * N, C), c1, scale, N,
                                                    triton, low=low if triton else None)
-    return _reshape_with_low_copy(dx, (B, N, C)), dlw, dlb, dw, db, dc1, gsum
+    last = _finish_projection(proj[0], gsum, *proj[1:]) if proj is not None else gsum
+    return _reshape_with_low_copy(dx, (B, N, C)), dlw, dlb, dw, db, dc1, last
 
 
 # ------------------------------------------------------------------------- the residual gradient's low-precision copy
@@ -324,9 +351,10 @@ class _MlpResidual(torch.autograd.Function):
         else:
             a, dh = F.gelu(h), torch.ops.aten.gelu_backward(da, h)  # (B*N, width), zeros in the padding columns
         gw2 = _projection_weight_grad(g16, a)  # (C, width)
-        dx, dlw, dlb, dw1, db1, dc1, gb2 = _ln_linear_backward(dh, x, ln_w, ln_b, w1, mean, rstd, g, c1, scale,
-                                                               ctx.eps, dtype, triton, w16=w1_16, low=ctx.low)
-        dw2, db2, dc2 = _finish_projection(gw2, gb2, w2, b2, c2)  # (C, hidden): the padding columns dropped
+        # dw2 (C, hidden): gw2's padding columns dropped
+        dx, dlw, dlb, dw1, db1, dc1, (dw2, db2, dc2) = _ln_linear_backward(
+            dh, x, ln_w, ln_b, w1, mean, rstd, g, c1, scale, ctx.eps, dtype, triton, w16=w1_16, low=ctx.low,
+            proj=(gw2, w2, b2, c2))
         if width > hidden:  # back to the parameters' shapes
             dw1, db1 = dw1[:hidden].contiguous(), db1[:hidden].contiguous()
         return (dx, dlw, dlb, dw1, db1, dw2, db2, dc1, dc2, None, None, None, None, None)
@@ -546,14 +574,15 @@ class _AttnResidual(torch.autograd.Function):
                 o = ctx.attend(qkv_in, None, None) if shuffled else ctx.attend(qkv_in, perm, inv_perm)
             do, gwp = _projection_grads(g_s.view(B * N, C), o.detach().reshape(B * N, -1), wp_e, c2, dtype)
             (dqkv,) = torch.autograd.grad(o, qkv_in, do.view(B, N, -1))
-        dx, dlw, dlb, dwqkv, dbqkv, dc1, gbp = _ln_linear_backward(
+        if width:  # the projection's weight gradient back to the parameter's shape: drop the padding columns
+            gwp = _unpad_heads(gwp.t(), heads, width, C // heads).t()
+        dx, dlw, dlb, dwqkv, dbqkv, dc1, (dwp, dbp, dc2) = _ln_linear_backward(
             dqkv.reshape(B * N, -1), x, ln_w, ln_b, wqkv_e, mean, rstd, g, c1, scale, ctx.eps, dtype, triton,
-            perm if shuffled else None, inv_perm if shuffled else None, xn=xn, w16=wqkv16, low=ctx.low)
-        if width:  # back to the parameters' shapes: drop the padding rows / columns
+            perm if shuffled else None, inv_perm if shuffled else None, xn=xn, w16=wqkv16, low=ctx.low,
+            proj=(gwp, wp, bp, c2))
+        if width:  # back to the parameter's shape: drop the padding rows
             dwqkv = _unpad_heads(dwqkv, heads, width, C // heads)
             dbqkv = _unpad_heads(dbqkv, heads, width, C // heads)
-            gwp = _unpad_heads(gwp.t(), heads, width, C // heads).t()
-        dwp, dbp, dc2 = _finish_projection(gwp, gbp, wp, bp, c2)
         return (dx, dlw, dlb, dwqkv, dbqkv, dwp, dbp, dc1, dc2) + (None,) * 13
 
 

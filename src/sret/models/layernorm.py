@@ -92,7 +92,7 @@ if triton is not None:
         tl.store(Rstd + rows, rstd, mask=rmask)
 
     @triton.jit
-    def _ln_bwd(X, DY, DX, DX_LOW, S_LOW, W, Mean, Rstd, DW, DB, G, C1, GX, GS, S, M, C, N_TOK, num_tiles,
+    def _ln_bwd(X, DY, DX, DX_LOW, S_LOW, W, Mean, Rstd, DW, DB, G, C1, GX, GS, S, ZERO, M, C, N_TOK, num_tiles,
                 HAS_RES: tl.constexpr, HAS_GSUM: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_LOW: tl.constexpr,
                 LOW_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC2D: tl.constexpr):
         # Each program walks tiles pid, pid + P, ... and keeps its own dW/dB partial sums (reduced by the caller),
@@ -102,9 +102,12 @@ if triton is not None:
         # partial column sums of G (times a per-sample scale S with HAS_SCALE): the bias gradient of the Linear
         # that produced the branch, again without a pass of its own. With HAS_LOW DX is also stored rounded to
         # DX_LOW's dtype (times a per-sample scale S_LOW with LOW_SCALE): the operand the backward of the sublayer
-        # before this one feeds its GEMMs, without a pass of its own.
+        # before this one feeds its GEMMs, without a pass of its own. Program 0 also sets the int32 at ZERO to 0:
+        # the counter of the launch that may finish the sums (``backward_finish.py``), zeroed without a launch.
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
+        if pid == 0:
+            tl.store(ZERO, 0)
         cols = tl.arange(0, BLOCK_C)
         cmask = cols < C
         w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
@@ -249,6 +252,27 @@ def ln_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean:
     rounded to its dtype, in the same pass: exactly ``dx.to(dx_low.dtype)``, or with ``dx_low_scale`` (B,) exactly
     ``(dx * dx_low_scale[row // tokens]).to(dx_low.dtype)``.
     """
+    dx, partial = ln_backward_partials(dy2, x2, weight, mean, rstd, residual_grad, c1, grad_sum, scale, tokens,
+                                       config, dx_low, dx_low_scale)[:2]
+    has_res = residual_grad is not None
+    sums = partial.sum(-1)  # (n, C)
+    dc1 = sums[2].sum().reshape(1) if has_res else None
+    gsum = sums[3] if grad_sum else None
+    return dx, sums[0].to(weight.dtype), sums[1].to(weight.dtype), dc1, gsum
+
+
+def ln_backward_partials(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
+                         rstd: torch.Tensor, residual_grad: Optional[torch.Tensor] = None,
+                         c1: Optional[torch.Tensor] = None, grad_sum: bool = False,
+                         scale: Optional[torch.Tensor] = None, tokens: int = 1,
+                         config: Optional[BackwardConfig] = None, dx_low: Optional[torch.Tensor] = None,
+                         dx_low_scale: Optional[torch.Tensor] = None,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`ln_backward`'s one launch: ``(dx, partial, counter)`` with the column sums left per program, ``partial``
+    (n, C, programs) float32, rows d weight, d bias, then ``g * x`` with ``residual_grad`` and ``g * s`` with
+    ``grad_sum``, and ``counter`` one int32 the launch sets to 0. A caller that finishes the sums in a launch of its
+    own (``backward_finish.py``, which counts its programs in ``counter``) saves the two reductions
+    :func:`ln_backward` adds, and zeroing the counter costs no launch either."""
     M, C = x2.shape
     if dx_low is not None and (dx_low.shape != (M, C) or not dx_low.is_contiguous()):
         raise ValueError(f"ln_backward: dx_low must be a contiguous ({M}, {C}) tensor, got {tuple(dx_low.shape)}")
@@ -268,19 +292,17 @@ def ln_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean:
     # an H100, docs/perf_notes.md, change 32).
     n = 2 + has_res + grad_sum
     partial = torch.empty((n, C, programs), device=x2.device, dtype=torch.float32)
+    counter = torch.empty(1, device=x2.device, dtype=torch.int32)
     dw, db = partial[0], partial[1]
     gx = partial[2] if has_res else dw
     gs = partial[3] if grad_sum else dw
     launchable(_ln_bwd)[(programs,)](
         x2, dy2, dx, dx_low if dx_low is not None else dx, dx_low_scale if dx_low_scale is not None else weight,
         weight, mean, rstd, dw, db, residual_grad if has_res else x2, c1 if has_res else weight, gx, gs,
-        scale if scale is not None else weight, M, C, tokens, num_tiles, HAS_RES=has_res, HAS_GSUM=grad_sum,
-        HAS_SCALE=scale is not None, HAS_LOW=dx_low is not None, LOW_SCALE=dx_low_scale is not None,
-        BLOCK_M=block_m, BLOCK_C=block_c, ACC2D=acc2d, num_warps=warps)
-    sums = partial.sum(-1)  # (n, C)
-    dc1 = sums[2].sum().reshape(1) if has_res else None
-    gsum = sums[3] if grad_sum else None
-    return dx, sums[0].to(weight.dtype), sums[1].to(weight.dtype), dc1, gsum
+        scale if scale is not None else weight, counter, M, C, tokens, num_tiles, HAS_RES=has_res,
+        HAS_GSUM=grad_sum, HAS_SCALE=scale is not None, HAS_LOW=dx_low is not None,
+        LOW_SCALE=dx_low_scale is not None, BLOCK_M=block_m, BLOCK_C=block_c, ACC2D=acc2d, num_warps=warps)
+    return dx, partial, counter
 
 
 _SM_COUNT: dict[int, int] = {}
