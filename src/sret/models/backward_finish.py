@@ -14,6 +14,8 @@ finishes last (an atomic counter tells it) adds them up in program order: determ
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from sret.models import layernorm as _ln
@@ -25,8 +27,9 @@ if triton is not None:
 
     @triton.jit
     def _finish_sublayer_bwd(PART, P, C, GW, GW_SR, N_IN, W, B, C2, DWB, DWB_SR, N_LIN, DLW, DLB, DC1, DW, DB, DC2,
-                             DWL, DBL, DC_PART, COUNTER, PROGS_A, PROGS_B, BLOCK_A: tl.constexpr,
-                             CHUNK_P: tl.constexpr, BLOCK: tl.constexpr, BLOCK_R: tl.constexpr):
+                             DWL, DBL, DC_PART, COUNTER, PROGS_A, PROGS_B, A_LW, A_LB, A_C1, A_W, A_B, A_C2, A_WL,
+                             A_BL, HAS_ADD: tl.constexpr, BLOCK_A: tl.constexpr, CHUNK_P: tl.constexpr,
+                             BLOCK: tl.constexpr, BLOCK_R: tl.constexpr):
         """Three kinds of program, by program id, then the last one to finish sums the scalars.
 
         - LayerNorm columns (PROGS_A of them, BLOCK_A columns each): PART (4, C, P) holds per-program column sums of
@@ -35,7 +38,10 @@ if triton is not None:
         - The projection's weight (PROGS_B programs of BLOCK elements over C x N_IN): DW = c2 * GW (GW (C, >= N_IN)
           as the GEMM wrote it, row stride GW_SR), with ``<W, GW>`` as d c2's partial.
         - The ``lin`` layer (the rest, over N_LIN x C then N_LIN): DWL = DWB[:, :C] and DBL = DWB[:, C] in DWL's dtype
-          (DWB (N_LIN, > C), the weight-gradient GEMM against a LayerNorm output with a ones column).
+          (DWB (>= N_LIN, > C), the weight-gradient GEMM against a LayerNorm output with a ones column).
+
+        With HAS_ADD every output also gets the matching A_* tensor added (float32): the gradients a later
+        application of the same shared parameters handed over (``shared_weights.hand_over``).
         """
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
@@ -58,9 +64,16 @@ if triton is not None:
                 s2 += tl.load(PART + 2 * C * P + offs, mask=mask, other=0.0)
                 s3 += tl.load(PART + 3 * C * P + offs, mask=mask, other=0.0)
             gsum = tl.sum(s3, axis=1)  # (BLOCK_A,) the column sums of g * s: the projection's bias gradient / c2
-            tl.store(DLW + cols, tl.sum(s0, axis=1).to(DLW.dtype.element_ty), mask=cmask)
-            tl.store(DLB + cols, tl.sum(s1, axis=1).to(DLB.dtype.element_ty), mask=cmask)
-            tl.store(DB + cols, (gsum * c2).to(DB.dtype.element_ty), mask=cmask)
+            dlw = tl.sum(s0, axis=1)
+            dlb = tl.sum(s1, axis=1)
+            db = gsum * c2
+            if HAS_ADD:
+                dlw += tl.load(A_LW + cols, mask=cmask, other=0.0).to(tl.float32)
+                dlb += tl.load(A_LB + cols, mask=cmask, other=0.0).to(tl.float32)
+                db += tl.load(A_B + cols, mask=cmask, other=0.0).to(tl.float32)
+            tl.store(DLW + cols, dlw.to(DLW.dtype.element_ty), mask=cmask)
+            tl.store(DLB + cols, dlb.to(DLB.dtype.element_ty), mask=cmask)
+            tl.store(DB + cols, db.to(DB.dtype.element_ty), mask=cmask)
             b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
             part1 = tl.sum(tl.sum(s2, axis=1), axis=0)
             part2 = tl.sum(gsum * b, axis=0)
@@ -70,18 +83,25 @@ if triton is not None:
             r = offs // N_IN
             gw = tl.load(GW + r.to(tl.int64) * GW_SR + (offs - r * N_IN), mask=mask, other=0.0).to(tl.float32)
             w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
-            tl.store(DW + offs, (gw * c2).to(DW.dtype.element_ty), mask=mask)
+            dw = gw * c2
+            if HAS_ADD:
+                dw += tl.load(A_W + offs, mask=mask, other=0.0).to(tl.float32)
+            tl.store(DW + offs, dw.to(DW.dtype.element_ty), mask=mask)
             part2 = tl.sum(gw * w, axis=0)
         else:
             offs = (pid - PROGS_A - PROGS_B) * BLOCK + tl.arange(0, BLOCK)
             n_w = N_LIN * C
             wmask = offs < n_w
             r = offs // C
-            dw = tl.load(DWB + r.to(tl.int64) * DWB_SR + (offs - r * C), mask=wmask, other=0.0)
+            dw = tl.load(DWB + r.to(tl.int64) * DWB_SR + (offs - r * C), mask=wmask, other=0.0).to(tl.float32)
+            if HAS_ADD:
+                dw += tl.load(A_WL + offs, mask=wmask, other=0.0).to(tl.float32)
             tl.store(DWL + offs, dw.to(DWL.dtype.element_ty), mask=wmask)
             bo = offs - n_w
             bmask = (bo >= 0) & (bo < N_LIN)
-            db = tl.load(DWB + bo.to(tl.int64) * DWB_SR + C, mask=bmask, other=0.0)
+            db = tl.load(DWB + bo.to(tl.int64) * DWB_SR + C, mask=bmask, other=0.0).to(tl.float32)
+            if HAS_ADD:
+                db += tl.load(A_BL + bo, mask=bmask, other=0.0).to(tl.float32)
             tl.store(DBL + bo, db.to(DBL.dtype.element_ty), mask=bmask)
         tl.store(DC_PART + pid, part1)
         tl.store(DC_PART + nprog + pid, part2)
@@ -92,8 +112,13 @@ if triton is not None:
             rmask = idx < nprog
             d1 = tl.load(DC_PART + idx, mask=rmask, other=0.0, volatile=True)
             d2 = tl.load(DC_PART + nprog + idx, mask=rmask, other=0.0, volatile=True)
-            tl.store(DC1, tl.sum(d1, axis=0).to(DC1.dtype.element_ty))
-            tl.store(DC2, tl.sum(d2, axis=0).to(DC2.dtype.element_ty))
+            dc1 = tl.sum(d1, axis=0)
+            dc2 = tl.sum(d2, axis=0)
+            if HAS_ADD:
+                dc1 += tl.load(A_C1).to(tl.float32)
+                dc2 += tl.load(A_C2).to(tl.float32)
+            tl.store(DC1, dc1.to(DC1.dtype.element_ty))
+            tl.store(DC2, dc2.to(DC2.dtype.element_ty))
             tl.store(COUNTER, 0)  # left as found
 
 
@@ -106,9 +131,13 @@ def applies(x2: torch.Tensor, gw: torch.Tensor, w: torch.Tensor, b: torch.Tensor
             and dwb.dim() == 2 and dwb.shape[1] > C and dwb.stride(1) == 1)
 
 
+# the order of :func:`finish_sublayer`'s results (and of its ``add``)
+RESULTS = ("ln_weight", "ln_bias", "c1", "weight", "bias", "c2", "lin_weight", "lin_bias")
+
+
 def finish_sublayer(partial: torch.Tensor, counter: torch.Tensor, gw: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
                     c1: torch.Tensor, c2: torch.Tensor, dwb: torch.Tensor, lin_dtype: torch.dtype,
-                    ln_dtype: torch.dtype):
+                    ln_dtype: torch.dtype, lin_rows: Optional[int] = None, add: Optional[tuple] = None):
     """All parameter gradients of a fused sublayer's backward but its ``lin`` layer's input, in one launch.
 
     Args:
@@ -119,18 +148,21 @@ def finish_sublayer(partial: torch.Tensor, counter: torch.Tensor, gw: torch.Tens
             n_in columns count, so a zero-padded activation width needs no slicing copy).
         w, b: the projection's weight (C, n_in) and bias (C,).
         c1, c2: the residual's coefficients, one element each.
-        dwb: (n_lin, > C) in the compute dtype, ``dz^T [LN(x), 1, 0...]``: the ``lin`` layer's weight gradient in
+        dwb: (>= n_lin, > C) in the compute dtype, ``dz^T [LN(x), 1, 0...]``: the ``lin`` layer's weight gradient in
             its first C columns and its bias gradient in column C (``layernorm.ln_forward``'s ones column).
         lin_dtype, ln_dtype: the ``lin`` layer's and the LayerNorm's parameter dtypes.
+        lin_rows: n_lin, the ``lin`` layer's outputs (dwb's first rows; more rows are zero padding); all of dwb's
+            rows if None.
+        add: gradients to add to the results, in the order of :data:`RESULTS` and their shapes, or None.
 
     Returns:
-        ``(d ln weight, d ln bias, d c1, d w, d b, d c2, d lin weight (n_lin, C), d lin bias (n_lin,))``, each
-        rounded as the PyTorch ops of ``fused.py``'s other path round it (float32 sums, one multiply by c2).
+        The gradients named by :data:`RESULTS`, each rounded as the PyTorch ops of ``fused.py``'s other path round
+        it (float32 sums, one multiply by c2, then the add).
     """
     n, C, P = partial.shape
     if n != 4 or not partial.is_contiguous() or partial.dtype != torch.float32:
         raise ValueError(f"finish_sublayer: partial must be contiguous float32 (4, C, P), got {tuple(partial.shape)}")
-    n_in, n_lin = w.shape[1], dwb.shape[0]
+    n_in, n_lin = w.shape[1], lin_rows or dwb.shape[0]
     dev = partial.device
     # LayerNorm columns: 4 a program, each program's (4, 4, P) partials in one load where P <= 512 (the LayerNorm
     # backward runs 2 programs an SM): 16 columns and 64-wide chunks made that part a chain of dependent loads, ~9 us
@@ -141,17 +173,18 @@ def finish_sublayer(partial: torch.Tensor, counter: torch.Tensor, gw: torch.Tens
     progs_a = cdiv(C, block_a)
     progs_b = cdiv(C * n_in, block)
     programs = progs_a + progs_b + cdiv(n_lin * C + n_lin, block)
-    dlw = torch.empty(C, device=dev, dtype=ln_dtype)
-    dlb = torch.empty(C, device=dev, dtype=ln_dtype)
-    dc1 = torch.empty(1, device=dev, dtype=c1.dtype)
-    dw = torch.empty_like(w)
-    db = torch.empty_like(b)
-    dc2 = torch.empty(1, device=dev, dtype=c2.dtype)
-    dwl = torch.empty((n_lin, C), device=dev, dtype=lin_dtype)
-    dbl = torch.empty(n_lin, device=dev, dtype=lin_dtype)
+    out = (torch.empty(C, device=dev, dtype=ln_dtype), torch.empty(C, device=dev, dtype=ln_dtype),
+           torch.empty(1, device=dev, dtype=c1.dtype), torch.empty_like(w), torch.empty_like(b),
+           torch.empty(1, device=dev, dtype=c2.dtype), torch.empty((n_lin, C), device=dev, dtype=lin_dtype),
+           torch.empty(n_lin, device=dev, dtype=lin_dtype))
+    if add is not None:
+        bad = [name for name, a, o in zip(RESULTS, add, out) if a.shape != o.shape or not a.is_contiguous()]
+        if len(add) != len(out) or bad:
+            raise ValueError(f"finish_sublayer: add must match the results' shapes, contiguous; not: {bad}")
+    dlw, dlb, dc1, dw, db, dc2, dwl, dbl = out
     dc_part = torch.empty(2 * programs, device=dev, dtype=torch.float32)
     launchable(_finish_sublayer_bwd)[(programs,)](
         partial, P, C, gw, gw.stride(0), n_in, w, b, c2, dwb, dwb.stride(0), n_lin, dlw, dlb, dc1, dw, db, dc2, dwl,
-        dbl, dc_part, counter, progs_a, progs_b, BLOCK_A=block_a, CHUNK_P=chunk_p, BLOCK=block,
-        BLOCK_R=next_power_of_2(programs), num_warps=4)
-    return dlw, dlb, dc1, dw, db, dc2, dwl, dbl
+        dbl, dc_part, counter, progs_a, progs_b, *(add if add is not None else (partial,) * 8), HAS_ADD=add is not None,
+        BLOCK_A=block_a, CHUNK_P=chunk_p, BLOCK=block, BLOCK_R=next_power_of_2(programs), num_warps=4)
+    return out

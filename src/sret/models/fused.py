@@ -38,6 +38,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from sret.models import backward_finish as _finish
 from sret.models import layernorm as _ln
+from sret.models import shared_weights
 from sret.models.attention import invert_permutation, split_qkv
 from sret.models.group_attention import backward_applies, group_attention, group_attention_backward
 from sret.models import sublayer_kernels as _kernels
@@ -132,7 +133,8 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
                         scale: Optional[torch.Tensor], eps: float, dtype: torch.dtype, triton: bool,
                         perm: Optional[torch.Tensor] = None, inv_perm: Optional[torch.Tensor] = None,
                         xn: Optional[torch.Tensor] = None, w16: Optional[torch.Tensor] = None,
-                        low: Optional[tuple] = None, proj: Optional[tuple] = None):
+                        low: Optional[tuple] = None, proj: Optional[tuple] = None, lin_rows: Optional[int] = None,
+                        add: Optional[tuple] = None):
     """Backward of ``c1 * x + ... z`` with ``z = LN(x) @ w.T + b``, given ``dz`` (M, out) and ``g = d out`` (B, N, C).
 
     The LN output is recomputed from the saved statistics. Returns ``(dx, dln_w, dln_b, dw, db, dc1, gsum)``, with
@@ -141,7 +143,11 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
     ``proj = (gw, w_p, b_p, c2)``: the branch ends in ``c2 * (a @ w_p.T + b_p)`` and ``gw = g_s^T a``
     (:func:`_projection_grads`). Its gradients are finished here too: the last item returned is ``(dw_p, db_p,
     dc2)`` instead of ``gsum``. On the Triton path with both coefficients every parameter gradient is finished in
-    one launch (``backward_finish.py``); otherwise by :func:`_finish_projection`.
+    one launch (``backward_finish.py``); otherwise by :func:`_finish_projection`. There ``lin_rows`` (the ``lin``
+    layer's outputs where ``dz`` is wider, zero-padded) gives dw and db their parameters' rows, and ``add`` (the
+    gradients of ``(ln_w, ln_b, w, b, w_p, b_p, c1, c2)`` handed over by a later application,
+    ``shared_weights.hand_over``) is added in the same launch where the shapes match. The last item returned says
+    whether it was (else the caller adds it).
 
     On the Triton path the recomputed LN output carries a ones column, so the weight-gradient GEMM also yields
     ``db = sum(dz)`` (rounded to the compute dtype, as autograd's bias gradient of a bf16 ``addmm`` is): no
@@ -166,15 +172,22 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
             and _finish.applies(x2, proj[0], proj[1], proj[2], dwb)):
         dx, partial, counter = _triton_ln_backward(_ln.ln_backward_partials, dxn, x2, ln_w, mean, rstd,
                                                    g.view(B * N, C), c1, scale, N, low)
-        dlw, dlb, dc1, dw_p, db_p, dc2, dw, db = _finish.finish_sublayer(partial, counter, *proj[:3], c1, proj[3],
-                                                                         dwb, w.dtype, ln_w.dtype)
-        return _reshape_with_low_copy(dx, (B, N, C)), dlw, dlb, dw, db, dc1, (dw_p, db_p, dc2)
+        n_lin = lin_rows or dwb.shape[0]
+        # ``add`` reordered as finish_sublayer's results: (ln_w, ln_b, c1, w_p, b_p, c2, w, b)
+        ordered = None if add is None else (add[0], add[1], add[6], add[4], add[5], add[7], add[2], add[3])
+        fits = ordered is not None and all(
+            a is not None and a.is_contiguous() and tuple(a.shape) == shape for a, shape in zip(ordered, (
+                (C,), (C,), (1,), tuple(proj[1].shape), tuple(proj[2].shape), (1,), (n_lin, C), (n_lin,))))
+        dlw, dlb, dc1, dw_p, db_p, dc2, dw, db = _finish.finish_sublayer(
+            partial, counter, *proj[:3], c1, proj[3], dwb, w.dtype, ln_w.dtype, lin_rows=n_lin,
+            add=ordered if fits else None)
+        return _reshape_with_low_copy(dx, (B, N, C)), dlw, dlb, dw, db, dc1, (dw_p, db_p, dc2), fits
     dw = dwb[:, :C].to(w.dtype)
     db = dwb[:, C].to(w.dtype) if triton else dz.sum(0, dtype=w.dtype)
     dx, dlw, dlb, dc1, gsum = _layer_norm_backward(dxn, x2, ln_w, ln_b, mean, rstd, g.view(B * N, C), c1, scale, N,
                                                    triton, low=low if triton else None)
     last = _finish_projection(proj[0], gsum, *proj[1:]) if proj is not None else gsum
-    return _reshape_with_low_copy(dx, (B, N, C)), dlw, dlb, dw, db, dc1, last
+    return _reshape_with_low_copy(dx, (B, N, C)), dlw, dlb, dw, db, dc1, last, False
 
 
 # ------------------------------------------------------------------------- the residual gradient's low-precision copy
@@ -307,7 +320,7 @@ class _MlpResidual(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps: float, dtype: torch.dtype, training: bool,
-                low: Optional[tuple] = None):
+                low: Optional[tuple] = None, share: Optional[tuple] = None):
         B, N, C = x.shape
         triton = _use_triton(x)
         fused = _kernels.mlp_residual_forward(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype,
@@ -324,7 +337,7 @@ class _MlpResidual(torch.autograd.Function):
                 y = torch.addmm(b2.to(dtype), F.gelu(h), w2.to(dtype).t())  # (B*N, C)
                 out = _residual(x, y.view(B, N, C), c1, _branch_scale(c2, scale, B))
         ctx.save_for_backward(x, ln_w, ln_b, w1, w2, b2, c1, c2, scale, h, mean, rstd, w1_16)
-        ctx.eps, ctx.dtype, ctx.triton, ctx.low = eps, dtype, triton, low
+        ctx.eps, ctx.dtype, ctx.triton, ctx.low, ctx.share = eps, dtype, triton, low, share
         return out
 
     @staticmethod
@@ -351,13 +364,16 @@ class _MlpResidual(torch.autograd.Function):
         else:
             a, dh = F.gelu(h), torch.ops.aten.gelu_backward(da, h)  # (B*N, width), zeros in the padding columns
         gw2 = _projection_weight_grad(g16, a)  # (C, width)
+        share = getattr(ctx, "share", None)
+        handed = shared_weights.handed_to(share)
         # dw2 (C, hidden): gw2's padding columns dropped
-        dx, dlw, dlb, dw1, db1, dc1, (dw2, db2, dc2) = _ln_linear_backward(
+        dx, dlw, dlb, dw1, db1, dc1, (dw2, db2, dc2), added = _ln_linear_backward(
             dh, x, ln_w, ln_b, w1, mean, rstd, g, c1, scale, ctx.eps, dtype, triton, w16=w1_16, low=ctx.low,
-            proj=(gw2, w2, b2, c2))
-        if width > hidden:  # back to the parameters' shapes
+            proj=(gw2, w2, b2, c2), lin_rows=hidden, add=handed)
+        if dw1.shape[0] > hidden:  # back to the parameters' shapes
             dw1, db1 = dw1[:hidden].contiguous(), db1[:hidden].contiguous()
-        return (dx, dlw, dlb, dw1, db1, dw2, db2, dc1, dc2, None, None, None, None, None)
+        grads = _add_handed((dlw, dlb, dw1, db1, dw2, db2, dc1, dc2), None if added else handed)
+        return (dx, *shared_weights.pass_on(share, grads), None, None, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------- the attention sublayer
@@ -465,7 +481,7 @@ class _AttnResidual(torch.autograd.Function):
     def forward(ctx, x, ln_w, ln_b, wqkv, bqkv, wp, bp, c1, c2, scale, eps: float, dtype: torch.dtype,
                 attend: Callable[..., torch.Tensor], perm: Optional[torch.Tensor], inv_perm: Optional[torch.Tensor],
                 heads: int, width: int, training: bool, groups: int, attn_scale: float, sdpa: bool,
-                low: Optional[tuple] = None):
+                low: Optional[tuple] = None, share: Optional[tuple] = None):
         B, N, C = x.shape
         triton = _use_triton(x)
         # A token shuffle inside the kernels: the LayerNorm reads the rows in shuffled order and the residual reads
@@ -533,7 +549,7 @@ class _AttnResidual(torch.autograd.Function):
                               *core)
         ctx.eps, ctx.dtype, ctx.triton, ctx.attend, ctx.heads, ctx.width = eps, dtype, triton, attend, heads, width
         ctx.shuffled, ctx.backend, ctx.groups, ctx.attn_scale = shuffle_in_kernels, backend, groups, attn_scale
-        ctx.low = low
+        ctx.low, ctx.share = low, share
         return out
 
     @staticmethod
@@ -576,14 +592,17 @@ class _AttnResidual(torch.autograd.Function):
             (dqkv,) = torch.autograd.grad(o, qkv_in, do.view(B, N, -1))
         if width:  # the projection's weight gradient back to the parameter's shape: drop the padding columns
             gwp = _unpad_heads(gwp.t(), heads, width, C // heads).t()
-        dx, dlw, dlb, dwqkv, dbqkv, dc1, (dwp, dbp, dc2) = _ln_linear_backward(
+        share = getattr(ctx, "share", None)
+        handed = shared_weights.handed_to(share)
+        dx, dlw, dlb, dwqkv, dbqkv, dc1, (dwp, dbp, dc2), added = _ln_linear_backward(
             dqkv.reshape(B * N, -1), x, ln_w, ln_b, wqkv_e, mean, rstd, g, c1, scale, ctx.eps, dtype, triton,
             perm if shuffled else None, inv_perm if shuffled else None, xn=xn, w16=wqkv16, low=ctx.low,
-            proj=(gwp, wp, bp, c2))
+            proj=(gwp, wp, bp, c2), add=handed)
         if width:  # back to the parameter's shape: drop the padding rows
             dwqkv = _unpad_heads(dwqkv, heads, width, C // heads)
             dbqkv = _unpad_heads(dbqkv, heads, width, C // heads)
-        return (dx, dlw, dlb, dwqkv, dbqkv, dwp, dbp, dc1, dc2) + (None,) * 13
+        grads = _add_handed((dlw, dlb, dwqkv, dbqkv, dwp, dbp, dc1, dc2), None if added else handed)
+        return (dx, *shared_weights.pass_on(share, grads)) + (None,) * 14
 
 
 # ------------------------------------------------------------------------------------------------ entry points
@@ -609,6 +628,23 @@ class _NoGraph:
         pass
 
 
+def _hand_over(graph: bool, params: tuple) -> Optional[tuple]:
+    """The gradient hand-over between the applications of these shared parameters (``shared_weights.hand_over``):
+    only where a graph is built, the kernels that add what is handed over run, and every parameter is there (a
+    sublayer without coefficients keeps autograd's sums)."""
+    if not graph or _FINISH_IN_ONE_LAUNCH is False or any(p is None for p in params) \
+            or not _ln.fused_kernels_enabled(params[0]):
+        return None
+    return shared_weights.hand_over(params)
+
+
+def _add_handed(grads: tuple, handed: Optional[tuple]) -> tuple:
+    """``grads`` plus the gradients ``handed`` over by a later application (None: nothing to add)."""
+    if handed is None:
+        return grads
+    return tuple(g if h is None else (h if g is None else g + h) for g, h in zip(grads, handed))
+
+
 def _call(fn: type[torch.autograd.Function], graph: bool, *args):
     """``fn.apply(*args)``, or its forward alone when no graph is built (``graph`` False)."""
     return fn.apply(*args) if graph else fn.forward(_NoGraph(), *args)
@@ -620,8 +656,8 @@ def mlp_residual(x: torch.Tensor, norm, mlp, c1, c2, scale: Optional[torch.Tenso
     graph = _builds_graph(x, mlp.fc1.weight, mlp.fc2.weight, norm.weight)
     x, dtype = x.contiguous(), compute_dtype(x)
     low = _low_copy_request(x, dtype) if graph else None
-    out = _call(_MlpResidual, graph, x, norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight,
-                mlp.fc2.bias, a, b, scale, norm.eps, dtype, graph, low)
+    params = (norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias, a, b)
+    out = _call(_MlpResidual, graph, x, *params, scale, norm.eps, dtype, graph, low, _hand_over(graph, params))
     return _mark_output(out, scale) if graph else out
 
 
@@ -650,7 +686,7 @@ def attn_residual(x: torch.Tensor, norm, attn, groups: int, perm: Optional[torch
     graph = _builds_graph(x, attn.qkv.weight, attn.proj.weight, norm.weight)
     x, dtype = x.contiguous(), compute_dtype(x)
     low = _low_copy_request(x, dtype) if graph else None
-    out = _call(_AttnResidual, graph, x, norm.weight, norm.bias, attn.qkv.weight, attn.qkv.bias, attn.proj.weight,
-                attn.proj.bias, a, b, scale, norm.eps, dtype, attend, perm, inv_perm, attn.num_heads, width, graph,
-                groups, attn.scale, attn.attn_impl == "sdpa", low)
+    params = (norm.weight, norm.bias, attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn.proj.bias, a, b)
+    out = _call(_AttnResidual, graph, x, *params, scale, norm.eps, dtype, attend, perm, inv_perm, attn.num_heads,
+                width, graph, groups, attn.scale, attn.attn_impl == "sdpa", low, _hand_over(graph, params))
     return _mark_output(out, scale) if graph else out

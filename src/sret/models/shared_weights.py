@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -53,3 +53,69 @@ def memoized(make: Callable[[], Any], params: Sequence[torch.Tensor], *key: Any)
         if out is not None:
             table[full] = out
     return out
+
+
+# -------------------------------------------------------------------------------------- the gradient hand-over
+# Autograd sums a shared parameter's gradients over its applications: one add launch per parameter and extra
+# application, ~170 of them a training step of SReT-T (a few microseconds each, docs/perf_notes.md, change 49). The
+# fused sublayers instead hand their parameter gradients down the chain of applications: in backward the later
+# applications run first (each one's input is the output of the one before), so each of them passes its gradients,
+# plus those handed to it, to the application before and gives autograd None for those parameters; the first
+# application adds what it was handed in the launch that finishes its own gradients, and returns the total. Float
+# addition commutes, so the sums are those autograd makes.
+#
+# What makes it safe: a hand-over is used only in the backward pass (graph task) that made it, and only by the
+# application right before the one that made it; the last application never takes one. An application whose
+# backward runs without the one after it (a gradient asked only of what lies between them) takes nothing; the one
+# after it had nothing asked of the shared parameters in that pass, or autograd would have run both.
+
+
+class HandOver:
+    """The applications of one fused sublayer's shared parameters in one forward (within one :func:`once` block)."""
+
+    def __init__(self) -> None:
+        self.count = 0  # applications registered by the forward
+        self.pending: Optional[tuple[int, int, tuple]] = None  # (graph task, from application, gradients)
+
+
+def hand_over(params: Sequence[torch.Tensor]) -> Optional[tuple[HandOver, int]]:
+    """``(the hand-over shared by every application of these parameters in this forward, this one's index)``, or None
+    outside a :func:`once` block or for non-``nn.Parameter`` inputs (then autograd sums the gradients as usual)."""
+    table = getattr(_state, "table", None)
+    if table is None or not all(isinstance(p, torch.nn.Parameter) for p in params):
+        return None
+    key = (*((id(p), p._version) for p in params), "hand_over")
+    shared = table.get(key)
+    if shared is None:
+        shared = table[key] = HandOver()
+    shared.count += 1
+    return shared, shared.count - 1
+
+
+def handed_to(share: Optional[tuple[HandOver, int]]) -> Optional[tuple]:
+    """In a backward: the gradients the next application handed to this one in this pass, else None."""
+    if share is None:
+        return None
+    shared, index = share
+    pending = shared.pending
+    if pending is None or index == shared.count - 1 or pending[0] != _graph_task() or pending[1] != index + 1:
+        return None
+    return pending[2]
+
+
+def pass_on(share: Optional[tuple[HandOver, int]], grads: tuple) -> tuple:
+    """In a backward, with this application's total gradients: the first application's returns them; a later one
+    hands them to the application before and returns Nones in their place."""
+    if share is None:
+        return grads
+    shared, index = share
+    if index == 0:
+        shared.pending = None
+        return grads
+    shared.pending = (_graph_task(), index, grads)
+    return (None,) * len(grads)
+
+
+def _graph_task() -> int:
+    """The id of the backward pass running now (autograd's graph task)."""
+    return torch._C._current_graph_task_id()
