@@ -92,3 +92,30 @@ def test_first_conv_kernels_match_conv2d_in_float64_in_interpreter():
     from ..interpreter import run_in_interpreter
 
     run_in_interpreter(FIRST_CONV_SCRIPT)
+
+
+def test_pos_embed_add_on_a_channels_last_map_equals_the_plain_add(monkeypatch):
+    """The CUDA stem's channels-last map gets pos_embed through ``_ChannelsLastPosAdd`` (change 50): the same sum and
+    input gradient bit for bit, the same pos_embed gradient up to summation order, all in the map's layout."""
+    import sret
+    from sret.models import sret as sret_module
+
+    torch.manual_seed(0)
+    model = sret.create_model("sret_t", img_size=64, num_classes=10)
+    x = torch.randn(4, 64, 8, 8).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(model.patch_embed, "forward", lambda images: x_in)  # the map the CUDA stem hands over
+    g = torch.randn(4, 64, 64)  # the stage's (B, N, C) token gradient
+    results = []
+    for fused_add in (True, False):
+        if not fused_add:  # the plain add of the other layouts
+            monkeypatch.setattr(sret_module._ChannelsLastPosAdd, "apply", lambda a, b: a + b)
+        x_in = x.clone().requires_grad_(True)
+        model.pos_embed.grad = None
+        y = model._embed(torch.zeros(4, 3, 64, 64))
+        assert y.dtype == torch.float32 and y.is_contiguous(memory_format=torch.channels_last)
+        y.flatten(2).transpose(1, 2).backward(g)
+        results.append((y.detach(), x_in.grad, model.pos_embed.grad.clone()))
+    (y1, dx1, dp1), (y2, dx2, dp2) = results
+    assert torch.equal(y1, y2) and torch.equal(dx1, dx2) and dx1.is_contiguous(memory_format=torch.channels_last)
+    assert dp1.is_contiguous() and torch.allclose(dp1, dp2, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(dp1, g.view(4, 8, 8, 64).sum(0).permute(2, 0, 1)[None], rtol=1e-6, atol=1e-6)

@@ -30,6 +30,31 @@ from sret.models.stage import EvalPermutation, RecursiveStage
 __all__ = ["SReT", "ConvStem", "DepthwisePool", "resample_pos_embed", "stem_grid"]
 
 
+class _ChannelsLastPosAdd(torch.autograd.Function):
+    """``x + pos`` for a channels-last stem map ``x`` (B, C, H, W) and ``pos`` (1, C, H, W), in x's memory order.
+
+    Why: autograd's own add read ``pos`` across x's layout (a strided, unvectorised pass) and summed its gradient over
+    the batch of a channels-last gradient into an NCHW result, ~5x what the bytes take; on an H100 at SReT-T's batch
+    256 the two took ~70 and ~120 us of a ~25 ms training step (docs/perf_notes.md, change 50). Here ``pos`` is made
+    channels-last first (200 KB) and its gradient is the column sum of the gradient viewed as (B, H * W * C) rows. The
+    values are the add's; ``pos``'s gradient is summed in another order.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return x + pos.contiguous(memory_format=torch.channels_last)  # (B, C, H, W), channels-last
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        B, C, H, W = g.shape
+        g = g.contiguous(memory_format=torch.channels_last)  # a no-op for the stage's token gradient
+        dpos = None
+        if ctx.needs_input_grad[1]:
+            rows = g.permute(0, 2, 3, 1).reshape(B, H * W * C)  # (B, H*W*C): a view of the channels-last memory
+            dpos = rows.sum(0).view(1, H, W, C).permute(0, 3, 1, 2).contiguous()  # (1, C, H, W), as the parameter
+        return g, dpos
+
+
 def stem_grid(height: int, width: int, num_halvings: int = 3) -> Tuple[int, int]:
     """Grid after ``num_halvings`` stride-2, padding-1, kernel-3 convolutions: ``ceil`` at each step."""
     for _ in range(num_halvings):
@@ -408,6 +433,9 @@ class SReT(nn.Module):
                     f"dynamic_img_size=True"
                 )
             pos_embed = self.pos_embed
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+                and not torch.compiler.is_compiling():
+            return self.pos_drop(_ChannelsLastPosAdd.apply(x, pos_embed))  # the CUDA stem's map (B, C, H, W)
         return self.pos_drop(x + pos_embed)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
