@@ -93,10 +93,19 @@ def same(a, b, what):
     for i, (u, v) in enumerate(zip(a, b)):
         assert (u is None) == (v is None) and (u is None or rel(u, v) < 1e-6), (what, i)
 
+from sret.models import sublayer_kernels
+casts = []
+plain_cast = sublayer_kernels.scaled_cast
+def counted_cast(*args):
+    casts.append(1)
+    return plain_cast(*args)
+sublayer_kernels.scaled_cast = counted_cast
+
 y1, y2 = forward()
 loss = y2.float().square().sum()
 same(grads(loss, params + [x]), ref_full, "both applications")
 assert handed == [True, True, False, False], handed  # app 2 hands over (attention, MLP), app 1 returns the totals
+assert len(casts) == 2, len(casts)  # c2 * w for the projections' input gradients: once a sublayer, not once an application
 # a pass that runs only the second application (a gradient of y1): it hands over, and nobody takes it ...
 grads(loss, [y1])
 # ... then a pass that runs only the first one (y1's own loss): it must not take that stale hand-over

@@ -271,20 +271,38 @@ def _residual(x: torch.Tensor, y: torch.Tensor, c1: Optional[torch.Tensor], k: O
 
 
 def _projection_grads(g_s: torch.Tensor, a: torch.Tensor, w: torch.Tensor, c2: Optional[torch.Tensor],
-                      dtype: torch.dtype):
+                      dtype: torch.dtype, share: Optional[tuple] = None):
     """Backward of ``out += c2 * (a @ w.T + b)`` where ``g_s`` is d out (drop-path scale applied), 2-D.
 
     Returns ``(da, gw)`` with ``gw = g_s^T a`` in the compute dtype; :func:`_finish_projection` turns it and the
     column sum of ``g_s`` (which the LayerNorm backward computes in its pass) into the parameter gradients.
+    ``share``: the sublayer's gradient hand-over (see :func:`_operand_cast`).
     """
     g16 = g_s.to(dtype)
-    return _projection_input_grad(g16, w, c2, dtype), _projection_weight_grad(g16, a)
+    return _projection_input_grad(g16, w, c2, dtype, share), _projection_weight_grad(g16, a)
 
 
-def _projection_input_grad(g16: torch.Tensor, w: torch.Tensor, c2: Optional[torch.Tensor], dtype: torch.dtype):
-    """``da = g_s @ (c2 * w)`` for ``g16``, d out in the compute dtype (the first half of :func:`_projection_grads`)."""
-    ws = _kernels.scaled_cast(w, c2, dtype)  # one launch on CUDA
-    return torch.mm(g16, ws if ws is not None else (w * c2 if c2 is not None else w).to(dtype))
+def _operand_cast(share: Optional[tuple]):
+    """:func:`sublayer_kernels.scaled_cast`, made once a backward pass for all applications of shared parameters
+    (``share``, their gradient hand-over): ``c2 * w`` is the same for each, and the later applications' backwards run
+    first (change 50: 20 of SReT-T's 66 launches of it a training step)."""
+    if share is None:
+        return _kernels.scaled_cast
+
+    def cast(*args):
+        return shared_weights.backward_memo(share, "operand", lambda: _kernels.scaled_cast(*args))
+    return cast
+
+
+def _projection_input_grad(g16: torch.Tensor, w: torch.Tensor, c2: Optional[torch.Tensor], dtype: torch.dtype,
+                           share: Optional[tuple] = None, width: Optional[int] = None):
+    """``da = g_s @ (c2 * w)`` for ``g16``, d out in the compute dtype (the first half of :func:`_projection_grads`);
+    ``width``: w zero-padded to that many columns first (a padded activation's)."""
+    ws = _operand_cast(share)(w, c2, dtype, width)  # one launch on CUDA, the padding included
+    if ws is None:
+        w = F.pad(w, (0, width - w.shape[1])) if width and width > w.shape[1] else w
+        ws = (w * c2 if c2 is not None else w).to(dtype)
+    return torch.mm(g16, ws)
 
 
 def _projection_weight_grad(g16: torch.Tensor, a: torch.Tensor):
@@ -355,16 +373,17 @@ class _MlpResidual(torch.autograd.Function):
         # activation and its gradient in one pass over h where the kernels run
         g16 = _branch_grad(g, scale, dtype).view(B * N, C)  # d out / d (c2 * branch)
         # the d fc2-input GEMM with the activation pass as its epilogue (tuned shapes), else the two launches
-        fused = _kernels.da_gelu_and_grad(g16, w2, c2, h) if triton else None  # pads W2 in its operand's cast
+        share = getattr(ctx, "share", None)
+        # pads W2 in its operand's cast (made once for all applications of a shared block)
+        fused = _kernels.da_gelu_and_grad(g16, w2, c2, h, cast=_operand_cast(share)) if triton else None
         if fused is None:
-            da = _projection_input_grad(g16, F.pad(w2, (0, width - hidden)) if width > hidden else w2, c2, dtype)
+            da = _projection_input_grad(g16, w2, c2, dtype, share, width)
             fused = _kernels.gelu_and_grad(h, da)
         if fused is not None:
             a, dh = fused
         else:
             a, dh = F.gelu(h), torch.ops.aten.gelu_backward(da, h)  # (B*N, width), zeros in the padding columns
         gw2 = _projection_weight_grad(g16, a)  # (C, width)
-        share = getattr(ctx, "share", None)
         handed = shared_weights.handed_to(share)
         # dw2 (C, hidden): gw2's padding columns dropped
         dx, dlw, dlb, dw1, db1, dc1, (dw2, db2, dc2), added = _ln_linear_backward(
@@ -559,6 +578,7 @@ class _AttnResidual(torch.autograd.Function):
         dtype, triton, heads, width, backend = ctx.dtype, ctx.triton, ctx.heads, ctx.width, ctx.backend
         B, N, C = x.shape
         g = g.contiguous()
+        share = getattr(ctx, "share", None)  # the gradient hand-over of a shared block's applications
         g_s = _branch_grad(g, scale, dtype)  # d out / d (c2 * branch), what the projection's GEMMs take
         shuffled = ctx.shuffled  # q/k/v in the shuffled token order: the whole branch stays in it
         if shuffled:  # the branch's incoming gradient in the same order (cast first: half the bytes to gather)
@@ -568,7 +588,7 @@ class _AttnResidual(torch.autograd.Function):
             bqkv16, o, lse = core
             xn = _recompute_ln(x, ln_w, ln_b, ctx.eps, dtype, triton, perm if shuffled else None)
             qkv = torch.addmm(bqkv16, xn[:, :C], wqkv16.t()).view(B, N, -1)
-            do, gwp = _projection_grads(g_s.view(B * N, C), o, wp_e, c2, dtype)
+            do, gwp = _projection_grads(g_s.view(B * N, C), o, wp_e, c2, dtype, share)
             dqkv = group_attention_backward(qkv, do.view(B, N, -1), ctx.groups, heads, ctx.attn_scale,
                                             o=o.view(B, N, -1), lse=lse)
         elif backend is not None:  # the kept core: q/k/v recomputed (one GEMM), the fused kernel's own backward
@@ -576,7 +596,8 @@ class _AttnResidual(torch.autograd.Function):
             xn = _recompute_ln(x, ln_w, ln_b, ctx.eps, dtype, triton, perm if shuffled else None)
             qkv = torch.addmm(bqkv16, xn[:, :C], wqkv16.t()).view(B, N, -1)
             q, k, v = split_qkv(qkv, ctx.groups, heads)  # (B*G, heads, n, D) views
-            do, gwp = _projection_grads(g_s.view(B * N, C), _merge_heads(o4, B).reshape(B * N, -1), wp_e, c2, dtype)
+            do, gwp = _projection_grads(g_s.view(B * N, C), _merge_heads(o4, B).reshape(B * N, -1), wp_e, c2, dtype,
+                                        share)
             BG, H, n, D = o4.shape
             do4 = do.view(B, BG // B, n, H, D).permute(0, 1, 3, 2, 4).reshape(BG, H, n, D)  # a view, like o4
             grads = _attention_backward(do4, q, k, v, o4, (lse, seed, offset, ctx.max_q, ctx.max_k), ctx.attn_scale,
@@ -588,11 +609,10 @@ class _AttnResidual(torch.autograd.Function):
                 qkv_in = qkv.detach().requires_grad_(True)
                 # (B, N, heads * D), recomputed; shuffled: already grouped in shuffled order, no gathers
                 o = ctx.attend(qkv_in, None, None) if shuffled else ctx.attend(qkv_in, perm, inv_perm)
-            do, gwp = _projection_grads(g_s.view(B * N, C), o.detach().reshape(B * N, -1), wp_e, c2, dtype)
+            do, gwp = _projection_grads(g_s.view(B * N, C), o.detach().reshape(B * N, -1), wp_e, c2, dtype, share)
             (dqkv,) = torch.autograd.grad(o, qkv_in, do.view(B, N, -1))
         if width:  # the projection's weight gradient back to the parameter's shape: drop the padding columns
             gwp = _unpad_heads(gwp.t(), heads, width, C // heads).t()
-        share = getattr(ctx, "share", None)
         handed = shared_weights.handed_to(share)
         dx, dlw, dlb, dwqkv, dbqkv, dc1, (dwp, dbp, dc2), added = _ln_linear_backward(
             dqkv.reshape(B * N, -1), x, ln_w, ln_b, wqkv_e, mean, rstd, g, c1, scale, ctx.eps, dtype, triton,

@@ -76,6 +76,7 @@ class HandOver:
     def __init__(self) -> None:
         self.count = 0  # applications registered by the forward
         self.pending: Optional[tuple[int, int, tuple]] = None  # (graph task, from application, gradients)
+        self.memo: dict[Any, tuple[int, Any]] = {}  # backward_memo's: key -> (graph task, value)
 
 
 def hand_over(params: Sequence[torch.Tensor]) -> Optional[tuple[HandOver, int]]:
@@ -119,3 +120,22 @@ def pass_on(share: Optional[tuple[HandOver, int]], grads: tuple) -> tuple:
 def _graph_task() -> int:
     """The id of the backward pass running now (autograd's graph task)."""
     return torch._C._current_graph_task_id()
+
+
+_NOTHING = object()
+
+
+def backward_memo(share: Optional[tuple[HandOver, int]], key: Any, make: Callable[[], Any]) -> Any:
+    """``make()``, or what it returned for ``key`` to another application of the same shared parameters earlier in
+    this backward pass (``share`` from :func:`hand_over`; None: ``make()``). For values that depend on the shared
+    parameters alone, which cannot change during a backward pass."""
+    if share is None:
+        return make()
+    memo = share[0].memo
+    task = _graph_task()
+    kept = memo.get(key, (None, _NOTHING))
+    if kept[0] == task and kept[1] is not _NOTHING:
+        return kept[1]
+    out = make()
+    memo[key] = (task, out)
+    return out

@@ -540,19 +540,20 @@ def saved_hidden_width(C: int, H: int) -> int:
 
 
 def da_gelu_and_grad(g16: torch.Tensor, w2: torch.Tensor, c2: Optional[torch.Tensor], h: torch.Tensor,
-                     config: Optional[tuple[int, int, int, int, int]] = None):
+                     config: Optional[tuple[int, int, int, int, int]] = None, cast=None):
     """``(gelu(h), gelu'(h) * (g16 @ (c2 * w2)))`` in one launch for g16 (M, C) in the compute dtype, fc2's weight
     w2 (C, H <= HW; zero columns up to HW implied) and h (M, HW): the MLP backward's d fc2-input GEMM with the
     activation pass as its epilogue, so the (M, HW) gradient of the activation is never written and read back.
-    ``config`` overrides :data:`DA_GELU_TILES`. None where the kernels do not apply or the shape is not in the
-    table (the caller runs mm + :func:`gelu_and_grad`)."""
+    ``config`` overrides :data:`DA_GELU_TILES`; ``cast`` (called as :func:`scaled_cast`, the default) makes W2's
+    operand. None where the kernels do not apply or the shape is not in the table (the caller runs mm +
+    :func:`gelu_and_grad`)."""
     M, C = g16.shape
     HW = h.shape[1]
     config = config or DA_GELU_TILES.get((C, HW))
     if (config is None or not _ln.fused_kernels_enabled(h) or g16.dtype != h.dtype or w2.shape[0] != C
             or w2.shape[1] > HW or h.shape[0] != M or not (g16.is_contiguous() and h.is_contiguous())):
         return None
-    w = scaled_cast(w2, c2, h.dtype, HW)  # as the unfused mm's operand, zero columns up to h's width
+    w = (cast or scaled_cast)(w2, c2, h.dtype, HW)  # as the unfused mm's operand, zero columns up to h's width
     if w is None:
         w = F.pad((w2 * c2 if c2 is not None else w2).to(h.dtype), (0, HW - w2.shape[1])).contiguous()
     block_m, block_n, block_k, warps, stages = config
