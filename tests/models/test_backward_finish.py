@@ -105,13 +105,29 @@ y1, y2 = forward()
 loss = y2.float().square().sum()
 same(grads(loss, params + [x]), ref_full, "both applications")
 assert handed == [True, True, False, False], handed  # app 2 hands over (attention, MLP), app 1 returns the totals
-assert len(casts) == 2, len(casts)  # c2 * w for the projections' input gradients: once a sublayer, not once an application
+assert len(casts) == 2, len(casts)  # c2 * w of the projections: once a sublayer, not once an application
 # a pass that runs only the second application (a gradient of y1): it hands over, and nobody takes it ...
 grads(loss, [y1])
 # ... then a pass that runs only the first one (y1's own loss): it must not take that stale hand-over
 same(grads(y1.float().square().sum(), params), ref_first, "first application alone")
 # and a full pass again: the totals as autograd sums them
 same(grads(loss, params + [x]), ref_full, "full pass again")
+
+# a block around two forwards (two views of a batch, say), each forward a chain in its own inner block as a stage's
+# is: each chain hands over within itself, whatever order autograd runs the two chains' backwards in
+x2 = torch.randn(2, 16, 32, requires_grad=True)
+def two_forwards():
+    with shared_weights.once():
+        ya, yb = forward()[1], None
+        with shared_weights.once(), torch.autocast("cpu", dtype=torch.float16):
+            yb = block(block(x2, 1, None), 1, None)
+    return ya.float().square().sum() + yb.float().pow(3).sum()
+fused._FINISH_IN_ONE_LAUNCH = False
+ref_two = grads(two_forwards(), params + [x, x2])
+fused._FINISH_IN_ONE_LAUNCH = True
+handed.clear()
+same(grads(two_forwards(), params + [x, x2]), ref_two, "two chains under one outer block")
+assert handed.count(True) == 4, handed  # each chain's second application handed over (attention, MLP)
 print("ok")
 """
 

@@ -137,8 +137,8 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
                         add: Optional[tuple] = None):
     """Backward of ``c1 * x + ... z`` with ``z = LN(x) @ w.T + b``, given ``dz`` (M, out) and ``g = d out`` (B, N, C).
 
-    The LN output is recomputed from the saved statistics. Returns ``(dx, dln_w, dln_b, dw, db, dc1, gsum)``, with
-    ``gsum`` the column sum of ``g * s`` (see :func:`_layer_norm_backward`).
+    The LN output is recomputed from the saved statistics. Returns ``(dx, dln_w, dln_b, dw, db, dc1, gsum, added)``,
+    with ``gsum`` the column sum of ``g * s`` (see :func:`_layer_norm_backward`) and ``added`` (see ``add``).
 
     ``proj = (gw, w_p, b_p, c2)``: the branch ends in ``c2 * (a @ w_p.T + b_p)`` and ``gw = g_s^T a``
     (:func:`_projection_grads`). Its gradients are finished here too: the last item returned is ``(dw_p, db_p,
@@ -146,8 +146,8 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
     one launch (``backward_finish.py``); otherwise by :func:`_finish_projection`. There ``lin_rows`` (the ``lin``
     layer's outputs where ``dz`` is wider, zero-padded) gives dw and db their parameters' rows, and ``add`` (the
     gradients of ``(ln_w, ln_b, w, b, w_p, b_p, c1, c2)`` handed over by a later application,
-    ``shared_weights.hand_over``) is added in the same launch where the shapes match. The last item returned says
-    whether it was (else the caller adds it).
+    ``shared_weights.hand_over``) is added in the same launch where the shapes match; ``added`` says whether it was
+    (else the caller adds it).
 
     On the Triton path the recomputed LN output carries a ones column, so the weight-gradient GEMM also yields
     ``db = sum(dz)`` (rounded to the compute dtype, as autograd's bias gradient of a bf16 ``addmm`` is): no
@@ -285,7 +285,7 @@ def _projection_grads(g_s: torch.Tensor, a: torch.Tensor, w: torch.Tensor, c2: O
 def _operand_cast(share: Optional[tuple]):
     """:func:`sublayer_kernels.scaled_cast`, made once a backward pass for all applications of shared parameters
     (``share``, their gradient hand-over): ``c2 * w`` is the same for each, and the later applications' backwards run
-    first (change 50: 20 of SReT-T's 66 launches of it a training step)."""
+    first (change 51: 20 of SReT-T's 66 launches of it a training step)."""
     if share is None:
         return _kernels.scaled_cast
 
@@ -652,7 +652,7 @@ def _hand_over(graph: bool, params: tuple) -> Optional[tuple]:
     """The gradient hand-over between the applications of these shared parameters (``shared_weights.hand_over``):
     only where a graph is built, the kernels that add what is handed over run, and every parameter is there (a
     sublayer without coefficients keeps autograd's sums)."""
-    if not graph or _FINISH_IN_ONE_LAUNCH is False or any(p is None for p in params) \
+    if not graph or not _FINISH_IN_ONE_LAUNCH or any(p is None for p in params) \
             or not _ln.fused_kernels_enabled(params[0]):
         return None
     return shared_weights.hand_over(params)

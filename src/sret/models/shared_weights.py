@@ -26,15 +26,22 @@ _state = threading.local()
 
 @contextlib.contextmanager
 def once() -> Iterator[None]:
-    """Within this block, :func:`memoized` results are kept and reused (nested blocks share the outermost one)."""
-    if getattr(_state, "table", None) is not None:
-        yield
-        return
-    _state.table = {}
+    """Within this block, :func:`memoized` results are kept and reused (nested blocks share the outermost one).
+
+    Each block, nested or not, also opens its own scope of :func:`hand_over`: one stage forward, whose applications
+    form one chain, even inside a block around several forwards.
+    """
+    outer = getattr(_state, "table", None) is None
+    if outer:
+        _state.table = {}
+    enclosing = getattr(_state, "hand_overs", None)
+    _state.hand_overs = {}
     try:
         yield
     finally:
-        _state.table = None
+        _state.hand_overs = enclosing
+        if outer:
+            _state.table = None
 
 
 def memoized(make: Callable[[], Any], params: Sequence[torch.Tensor], *key: Any) -> Any:
@@ -80,12 +87,16 @@ class HandOver:
 
 
 def hand_over(params: Sequence[torch.Tensor]) -> Optional[tuple[HandOver, int]]:
-    """``(the hand-over shared by every application of these parameters in this forward, this one's index)``, or None
-    outside a :func:`once` block or for non-``nn.Parameter`` inputs (then autograd sums the gradients as usual)."""
-    table = getattr(_state, "table", None)
+    """``(the hand-over shared by every application of these parameters in this block, this one's index)``, or None
+    outside a :func:`once` block or for non-``nn.Parameter`` inputs (then autograd sums the gradients as usual).
+
+    The applications registered in one block must form one chain, each one's input computed from the one before's
+    output, as a stage's are (``RecursiveStage.forward`` opens a block around them): that makes their backwards run
+    in reverse order, which the hand-over relies on."""
+    table = getattr(_state, "hand_overs", None)
     if table is None or not all(isinstance(p, torch.nn.Parameter) for p in params):
         return None
-    key = (*((id(p), p._version) for p in params), "hand_over")
+    key = tuple((id(p), p._version) for p in params)
     shared = table.get(key)
     if shared is None:
         shared = table[key] = HandOver()
