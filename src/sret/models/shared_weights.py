@@ -133,19 +133,15 @@ def _graph_task() -> int:
     return torch._C._current_graph_task_id()
 
 
-_NOTHING = object()
-
-
 def backward_memo(share: Optional[tuple[HandOver, int]], key: Any, make: Callable[[], Any]) -> Any:
     """``make()``, or what it returned for ``key`` to another application of the same shared parameters earlier in
     this backward pass (``share`` from :func:`hand_over`; None: ``make()``). For values that depend on the shared
     parameters alone, which cannot change during a backward pass."""
     if share is None:
         return make()
-    memo = share[0].memo
-    task = _graph_task()
-    kept = memo.get(key, (None, _NOTHING))
-    if kept[0] == task and kept[1] is not _NOTHING:
+    memo, task = share[0].memo, _graph_task()
+    kept = memo.get(key)
+    if kept is not None and kept[0] == task:
         return kept[1]
     out = make()
     memo[key] = (task, out)
