@@ -79,6 +79,28 @@ SCRIPT = """
                               dx_low_scale=s_low)
             want = dx if s_low is None else dx * s_low.repeat_interleave(100)[:, None]
             assert torch.equal(got[0], dx) and torch.equal(low, want.half()), C
+        # Each sample's tokens in another order (the sliced attention's shuffle, change 52): dy read, or the copy
+        # written, through an index inside the pass. In perm's order token j sits at position inv[j].
+        perm = torch.arange(100) * 37 % 100  # 37 is prime to 100: a permutation (no draw from the random stream)
+        inv = torch.empty_like(perm)
+        inv[perm] = torch.arange(100)
+        gy_perm = gy.view(3, 100, C)[:, perm].reshape(300, C)
+        got = ln_backward(gy_perm, x, w, mean, rstd, g, c1, grad_sum=True, scale=scale, tokens=100, dy_rows=inv)
+        assert torch.equal(got[0], dx), C  # row by row the same arithmetic: the same bits
+        for a, ref in zip(got[1:], (dw, db, dc1, gsum)):
+            assert rel(a, ref) < 1e-5, (C, rel(a, ref))
+        s_low = torch.tensor([1.25, 0.0, 1 / 0.9])
+        low = torch.empty(300, C, dtype=torch.float16)
+        got = ln_backward(gy, x, w, mean, rstd, g, c1, grad_sum=True, scale=scale, tokens=100, dx_low=low,
+                          dx_low_scale=s_low, dx_low_rows=inv)
+        want = (dx * s_low.repeat_interleave(100)[:, None]).half().view(3, 100, C)[:, perm].reshape(300, C)
+        assert torch.equal(got[0], dx) and torch.equal(low, want), C
+        for bad in (inv[:50], inv.int()):
+            try:
+                ln_backward(gy_perm, x, w, mean, rstd, g, c1, grad_sum=True, tokens=100, dy_rows=bad)
+                raise AssertionError("an index that is not one int64 position per token was taken")
+            except ValueError as err:
+                assert "dy_rows" in str(err), err
 
     with torch.random.fork_rng(devices=[]):  # the checks further down keep the random stream they had
         # The projection's parameter gradients in one launch (sublayer_kernels.finish_projection): from a float16

@@ -3,7 +3,7 @@
 First the rules on plain tensors (a copy is used only while it is valid for the gradient it rides on and was made
 with the same drop-path scale); then a whole SReT-T with drop path through Triton's interpreter, trained one step with
 and without the copies: the same logits and gradients bit for bit, and every sublayer's backward but those at a
-stage's end takes its operand from a copy.
+stage's end takes its operand from a copy, in the shuffled token order where the attention shuffles.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_copies_are_requested_only_for_outputs_of_fused_sublayers():
     assert fused._low_copy_request(x, torch.bfloat16) is None  # not a fused sublayer's output: nobody would use it
     scale = torch.ones(2)
     fused._mark_output(x, scale)
-    assert fused._low_copy_request(x, torch.bfloat16) == (torch.bfloat16, scale)
+    assert fused._low_copy_request(x, torch.bfloat16) == (torch.bfloat16, scale, None)
     assert fused._low_copy_request(x, torch.float32) is None  # no narrower dtype: the backward casts nothing
 
 
@@ -49,12 +49,18 @@ from sret.models import fused
 
 hits = []
 plain_branch_grad = fused._branch_grad
-def counted(g, scale, dtype):
-    out = plain_branch_grad(g, scale, dtype)
+def counted(g, scale, dtype, order=None):
+    out = plain_branch_grad(g, scale, dtype, order)
     kept = getattr(g, fused._LOW_COPY, None)
     hits.append(kept is not None and out is kept[0])
     return out
 fused._branch_grad = counted
+gathers = []  # index_select calls during backward
+plain_index_select = torch.Tensor.index_select
+def counted_index_select(self, *args, **kwargs):
+    gathers.append(tuple(self.shape))
+    return plain_index_select(self, *args, **kwargs)
+torch.Tensor.index_select = counted_index_select
 
 torch.manual_seed(0)
 model = sret.create_model("sret_t", img_size=64, num_classes=10, drop_path_rate=0.1)
@@ -66,10 +72,12 @@ def step():
     model.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.float16):
         out = model(x)
+    gathers.clear()
     out.float().square().sum().backward()
     return [out.float()] + [p.grad.clone() for p in model.parameters() if p.grad is not None], list(hits)
 
 kept, kept_hits = step()
+kept_gathers = list(gathers)
 fused._KEEP_LOW_COPY = False
 computed, computed_hits = step()
 print("backwards", len(kept_hits), "using a copy", sum(kept_hits), "without", sum(computed_hits))
@@ -77,6 +85,17 @@ assert len(kept) == len(computed) and all(torch.equal(a, b) for a, b in zip(kept
 # 60 sublayer backwards (20 attention, 20 MLP, 20 NLL); the last sublayer of each of the 3 stages gets its gradient
 # from the pooling after it or from the head, which make no copy
 assert len(kept_hits) == 60 and sum(kept_hits) == 57 and sum(computed_hits) == 0
+# Only stage 0's recursive applications shuffle their tokens (groups2 = (2, 1, 1)): 2 of the 20 attention sublayers.
+# Their backward reads its branch gradient from a copy written in the shuffled order and hands d LN(x) to the
+# LayerNorm backward in that order: no gathers. With the gathers as separate ops (change 52 off) the same bits, the
+# grid-order copies gathered (2 fewer backwards take a copy as it is) and dx gathered back: 4 gathers.
+fused._KEEP_LOW_COPY = True
+fused._GATHER_IN_KERNELS = False
+gathered, gathered_hits = step()
+print("gathers", len(kept_gathers), "with the gathers as ops", len(gathers))
+assert all(torch.equal(a, b) for a, b in zip(gathered, computed))
+assert kept_gathers == [] and len(gathers) == 4 and sum(gathered_hits) == 55
+fused._GATHER_IN_KERNELS = True
 # gradient checkpointing (each application recomputed in backward, its drop-path masks redrawn from the saved RNG
 # state): the copies are made on the recomputed graph, and the result is again the same bits
 fused._KEEP_LOW_COPY = True

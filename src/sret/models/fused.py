@@ -74,20 +74,24 @@ def _layer_norm(x2: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, 
 
 def _layer_norm_backward(gy: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, b: torch.Tensor, mean: torch.Tensor,
                          rstd: torch.Tensor, g: torch.Tensor, c1: Optional[torch.Tensor], scale: Optional[torch.Tensor],
-                         tokens: int, triton: bool, low: Optional[tuple] = None):
+                         tokens: int, triton: bool, low: Optional[tuple] = None,
+                         dy_rows: Optional[torch.Tensor] = None):
     """Gradient of ``out = c1 * x + s * f(LN(x))`` w.r.t. x, the LN affine and c1, given ``gy = d f / d LN(x)``.
 
     ``c1`` None means a plain residual (``out = x + f``). Also returns ``gsum``, the column sum of ``g * s`` (the bias
     gradient of the Linear whose output is the branch), computed in the same pass on the Triton path. There, with
     ``low`` = ``(dtype, scale)``, dx comes with ``(dx * scale).to(dtype)`` made in the same pass, for the backward of
-    the sublayer before (see :func:`_keep_low_copy`).
+    the sublayer before (see :func:`_keep_low_copy`). ``dy_rows``: gy holds each sample's tokens in another order,
+    token j at position ``dy_rows[j]`` (the sliced attention's shuffle; see ``layernorm.ln_backward``).
     """
     coef = c1 if c1 is not None else torch.ones(1, device=x2.device, dtype=x2.dtype)
     if triton:
         dx, dw, db, dc1, gsum = _triton_ln_backward(_ln.ln_backward, gy, x2, w, mean, rstd, g, coef, scale, tokens,
-                                                    low)
+                                                    low, dy_rows)
         dc1 = dc1.to(coef.dtype)
     else:
+        if dy_rows is not None:  # back to grid order
+            gy = gy.view(-1, tokens, gy.shape[-1]).index_select(1, dy_rows).view(gy.shape)
         dx, dw, db = torch.ops.aten.native_layer_norm_backward(
             gy.to(x2.dtype), x2, (x2.shape[-1],), mean, rstd, w, b, [True, True, True])
         dc1 = torch.dot(g.reshape(-1), x2.reshape(-1).to(g.dtype)).reshape(1).to(coef.dtype) if c1 is not None else None
@@ -99,14 +103,17 @@ def _layer_norm_backward(gy: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, b:
 
 def _triton_ln_backward(launch, gy: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, mean: torch.Tensor,
                         rstd: torch.Tensor, g: torch.Tensor, coef: torch.Tensor, scale: Optional[torch.Tensor],
-                        tokens: int, low: Optional[tuple]):
+                        tokens: int, low: Optional[tuple], dy_rows: Optional[torch.Tensor] = None):
     """``launch`` (``layernorm.ln_backward`` or ``ln_backward_partials``) with the residual, the gradient sum and,
-    with ``low``, dx's low-precision copy, which is then kept on dx (:func:`_keep_low_copy`)."""
+    with ``low``, dx's low-precision copy, which is then kept on dx (:func:`_keep_low_copy`): in the token order
+    ``low`` names, if it names one. ``dy_rows``: see :func:`_layer_norm_backward`."""
     copy = torch.empty(x2.shape, device=x2.device, dtype=low[0]) if low is not None else None
+    order = low[2] if low is not None else None  # (perm, inv_perm): the copy in perm's order
     out = launch(gy, x2, w, mean, rstd, g, coef, grad_sum=True, scale=scale, tokens=tokens, dx_low=copy,
-                 dx_low_scale=low[1] if low else None)
+                 dx_low_scale=low[1] if low else None, dy_rows=dy_rows,
+                 dx_low_rows=order[1] if order is not None else None)
     if copy is not None:
-        _keep_low_copy(out[0], copy, low[1])
+        _keep_low_copy(out[0], copy, low[1], order[0] if order is not None else None)
     return out
 
 
@@ -126,6 +133,7 @@ def _recompute_ln(x: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, eps: 
 
 
 _FINISH_IN_ONE_LAUNCH = True  # tests switch it off to compare with the separate launches
+_GATHER_IN_KERNELS = True  # tests switch it off: the sliced attention's backward gathers with index_select instead
 
 
 def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, w: torch.Tensor,
@@ -155,7 +163,8 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
 
     ``perm`` (Triton path only): the rows of ``dz`` hold each sample's tokens in the order ``perm`` (the sliced
     attention's shuffle). The LN output is recomputed in that order (the weight gradients are sums over rows, so any
-    common order gives them), and only ``dz @ w``, (M, C), is gathered back to grid order by ``inv_perm``.
+    common order gives them), and only ``dz @ w``, (M, C), goes back to grid order: the LayerNorm backward reads
+    its rows through ``inv_perm`` (on the Triton path; else a gather).
     ``xn``: the LayerNorm output from :func:`_recompute_ln` where the caller already has it; ``w16``: ``w`` in the
     compute dtype where the forward kept it (its first ``w``-width columns are used, so it may be zero-padded).
     ``low``: the copy of dx to make for the sublayer before (:func:`_low_copy_request`), or None.
@@ -166,12 +175,15 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
         xn = _recompute_ln(x, ln_w, ln_b, eps, dtype, triton, perm)
     dwb = torch.mm(dz.t(), xn)  # (out, C) or, with the ones column, (out, C + pad)
     dxn = torch.mm(dz, w.to(dtype) if w16 is None else w16[:, :C])
-    if perm is not None:
+    dy_rows = None
+    if perm is not None and _GATHER_IN_KERNELS:  # dxn's rows in perm's order: the LayerNorm backward reads them so
+        dy_rows = inv_perm
+    elif perm is not None:
         dxn = dxn.view(B, N, C).index_select(1, inv_perm).view(B * N, C)  # back to grid order
     if (_FINISH_IN_ONE_LAUNCH and proj is not None and triton and c1 is not None and proj[3] is not None
             and _finish.applies(x2, proj[0], proj[1], proj[2], dwb)):
         dx, partial, counter = _triton_ln_backward(_ln.ln_backward_partials, dxn, x2, ln_w, mean, rstd,
-                                                   g.view(B * N, C), c1, scale, N, low)
+                                                   g.view(B * N, C), c1, scale, N, low, dy_rows)
         n_lin = lin_rows or dwb.shape[0]
         # ``add`` reordered as finish_sublayer's results: (ln_w, ln_b, c1, w_p, b_p, c2, w, b)
         ordered = None if add is None else (add[0], add[1], add[6], add[4], add[5], add[7], add[2], add[3])
@@ -185,7 +197,7 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
     dw = dwb[:, :C].to(w.dtype)
     db = dwb[:, C].to(w.dtype) if triton else dz.sum(0, dtype=w.dtype)
     dx, dlw, dlb, dc1, gsum = _layer_norm_backward(dxn, x2, ln_w, ln_b, mean, rstd, g.view(B * N, C), c1, scale, N,
-                                                   triton, low=low if triton else None)
+                                                   triton, low=low if triton else None, dy_rows=dy_rows)
     last = _finish_projection(proj[0], gsum, *proj[1:]) if proj is not None else gsum
     return _reshape_with_low_copy(dx, (B, N, C)), dlw, dlb, dw, db, dc1, last, False
 
@@ -200,30 +212,34 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
 # (:func:`_mark_output`), and the sublayer that takes it as input asks its LayerNorm backward for the copy
 # (:func:`_low_copy_request`). If autograd hands the backward another tensor (a sum of gradients, a cast) or changed
 # this one in place, the attribute is missing or stale and the backward computes the operand as before: the values
-# are the same bits either way.
+# are the same bits either way. A sliced attention sublayer's backward works in its shuffled token order: it marks
+# its output with its permutation, and the copy is written in that order (the gather costs no pass of its own).
 _KEEP_LOW_COPY = True  # tests switch it off to compare
-_LOW_COPY = "_sret_low_copy"  # on a gradient: (copy, version counter, scale)
-_OUTPUT_SCALE = "_sret_branch_scale"  # on a fused sublayer's output: (its drop-path scale or None,)
+_LOW_COPY = "_sret_low_copy"  # on a gradient: (copy, version counter, scale, token order or None)
+_OUTPUT_SCALE = "_sret_branch_scale"  # on a fused sublayer's output: (its drop-path scale or None, order or None)
 
 
-def _mark_output(out: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
-    """Note on a fused sublayer's output that its gradient is wanted as ``(g * scale).to(dtype)`` in backward."""
-    setattr(out, _OUTPUT_SCALE, (scale,))
+def _mark_output(out: torch.Tensor, scale: Optional[torch.Tensor], order: Optional[tuple] = None) -> torch.Tensor:
+    """Note on a fused sublayer's output that its gradient is wanted as ``(g * scale).to(dtype)`` in backward;
+    ``order`` = ``(perm, inv_perm)``: with each sample's tokens in perm's order, ``[:, perm]``."""
+    setattr(out, _OUTPUT_SCALE, (scale, order))
     return out
 
 
 def _low_copy_request(x: torch.Tensor, dtype: torch.dtype) -> Optional[tuple]:
-    """``(dtype, scale)`` when ``x`` came out of a fused sublayer (whose backward will want its gradient that way) and
-    ``dtype`` is narrower than x's; else None, and the LayerNorm backward writes no copy."""
+    """``(dtype, scale, order)`` when ``x`` came out of a fused sublayer (whose backward will want its gradient that
+    way) and ``dtype`` is narrower than x's; else None, and the LayerNorm backward writes no copy."""
     mark = getattr(x, _OUTPUT_SCALE, None)
     if not _KEEP_LOW_COPY or mark is None or dtype.itemsize >= x.dtype.itemsize:
         return None
-    return dtype, mark[0]
+    return dtype, mark[0], (mark[1] if _GATHER_IN_KERNELS else None)
 
 
-def _keep_low_copy(grad: torch.Tensor, low: torch.Tensor, scale: Optional[torch.Tensor]) -> None:
-    """Record on ``grad`` that ``low`` is ``(grad * scale)`` rounded to ``low``'s dtype, for :func:`_branch_grad`."""
-    setattr(grad, _LOW_COPY, (low, grad._version, scale))
+def _keep_low_copy(grad: torch.Tensor, low: torch.Tensor, scale: Optional[torch.Tensor],
+                   order: Optional[torch.Tensor] = None) -> None:
+    """Record on ``grad`` that ``low`` is ``(grad * scale)`` rounded to ``low``'s dtype, for :func:`_branch_grad`;
+    with ``order`` (a permutation of each sample's tokens), ``(grad * scale)[:, order]`` rounded."""
+    setattr(grad, _LOW_COPY, (low, grad._version, scale, order))
 
 
 def _reshape_with_low_copy(grad: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -231,26 +247,33 @@ def _reshape_with_low_copy(grad: torch.Tensor, shape: tuple[int, ...]) -> torch.
     out = grad.view(shape)
     kept = getattr(grad, _LOW_COPY, None)
     if kept is not None and kept[1] == grad._version:
-        _keep_low_copy(out, kept[0].view(shape), kept[2])
+        _keep_low_copy(out, kept[0].view(shape), kept[2], kept[3])
     return out
 
 
 def _same_scale(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> bool:
+    """Whether ``a`` and ``b`` are both None or the same unchanged tensor."""
     if a is None or b is None:
         return a is b
     return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a._version == b._version
 
 
-def _branch_grad(g: torch.Tensor, scale: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """``(g * scale).to(dtype)`` for g (B, N, C) and the per-sample ``scale`` (B,) or None: the copy the LayerNorm
-    backward made where it is still valid for ``g`` and made with this scale, else computed here."""
+def _branch_grad(g: torch.Tensor, scale: Optional[torch.Tensor], dtype: torch.dtype,
+                 order: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``(g * scale).to(dtype)`` for g (B, N, C) and the per-sample ``scale`` (B,) or None, with each sample's tokens
+    in ``order`` if given: the copy the LayerNorm backward made where it is still valid for ``g`` and made with this
+    scale and order, else computed here."""
     kept = getattr(g, _LOW_COPY, None)
     if kept is not None:
-        low, version, low_scale = kept
+        low, version, low_scale, low_order = kept
         if version == g._version and low.dtype == dtype and low.shape == g.shape and _same_scale(low_scale, scale):
-            return low
+            if _same_scale(low_order, order):
+                return low
+            if low_order is None:  # made in grid order: gathered here
+                return low.index_select(1, order)
     g_s = g if scale is None else g * scale.view(g.shape[0], 1, 1)
-    return g_s.to(dtype)
+    g_s = g_s.to(dtype)
+    return g_s if order is None else g_s.index_select(1, order)  # cast first: half the bytes to gather
 
 
 # ----------------------------------------------------------------------------------------------- residual pieces
@@ -579,10 +602,9 @@ class _AttnResidual(torch.autograd.Function):
         B, N, C = x.shape
         g = g.contiguous()
         share = getattr(ctx, "share", None)  # the gradient hand-over of a shared block's applications
-        g_s = _branch_grad(g, scale, dtype)  # d out / d (c2 * branch), what the projection's GEMMs take
         shuffled = ctx.shuffled  # q/k/v in the shuffled token order: the whole branch stays in it
-        if shuffled:  # the branch's incoming gradient in the same order (cast first: half the bytes to gather)
-            g_s = g_s.index_select(1, perm)
+        # d out / d (c2 * branch), what the projection's GEMMs take; shuffled: in the same token order
+        g_s = _branch_grad(g, scale, dtype, perm if shuffled else None)
         xn = None
         if backend == "triton":  # q/k/v recomputed (one GEMM), then one or two launches from (q/k/v, do) to d qkv
             bqkv16, o, lse = core
@@ -709,4 +731,7 @@ def attn_residual(x: torch.Tensor, norm, attn, groups: int, perm: Optional[torch
     params = (norm.weight, norm.bias, attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn.proj.bias, a, b)
     out = _call(_AttnResidual, graph, x, *params, scale, norm.eps, dtype, attend, perm, inv_perm, attn.num_heads,
                 width, graph, groups, attn.scale, attn.attn_impl == "sdpa", low, _hand_over(graph, params))
-    return _mark_output(out, scale) if graph else out
+    if not graph:
+        return out
+    # the backward works in the shuffled token order where the kernels shuffle (see _AttnResidual.forward)
+    return _mark_output(out, scale, (perm, inv_perm) if perm is not None and _use_triton(x) else None)

@@ -92,9 +92,10 @@ if triton is not None:
         tl.store(Rstd + rows, rstd, mask=rmask)
 
     @triton.jit
-    def _ln_bwd(X, DY, DX, DX_LOW, S_LOW, W, Mean, Rstd, DW, DB, G, C1, GX, GS, S, ZERO, M, C, N_TOK, num_tiles,
-                HAS_RES: tl.constexpr, HAS_GSUM: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_LOW: tl.constexpr,
-                LOW_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC2D: tl.constexpr):
+    def _ln_bwd(X, DY, DX, DX_LOW, S_LOW, W, Mean, Rstd, DW, DB, G, C1, GX, GS, S, ZERO, IDX, M, C, N_TOK,
+                num_tiles, HAS_RES: tl.constexpr, HAS_GSUM: tl.constexpr, HAS_SCALE: tl.constexpr,
+                HAS_LOW: tl.constexpr, LOW_SCALE: tl.constexpr, DY_IDX: tl.constexpr, LOW_IDX: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC2D: tl.constexpr):
         # Each program walks tiles pid, pid + P, ... and keeps its own dW/dB partial sums (reduced by the caller),
         # so the weight gradients need no atomics and stay deterministic. With HAS_RES the same pass also finishes
         # a scaled residual ``out = c1 * x + f(LN(x))``: DX += c1 * G and a partial sum(G * X) (the gradient of c1)
@@ -104,6 +105,8 @@ if triton is not None:
         # DX_LOW's dtype (times a per-sample scale S_LOW with LOW_SCALE): the operand the backward of the sublayer
         # before this one feeds its GEMMs, without a pass of its own. Program 0 also sets the int32 at ZERO to 0:
         # the counter of the launch that may finish the sums (``backward_finish.py``), zeroed without a launch.
+        # DY_IDX / LOW_IDX: DY is read, DX_LOW written, with each sample's tokens in another order: the row of token
+        # j is (row // N_TOK) * N_TOK + IDX[j] there (the sliced attention's shuffle, gathered inside the pass).
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
         if pid == 0:
@@ -127,7 +130,13 @@ if triton is not None:
             mask = rmask[:, None] & cmask[None, :]
             offs = rows[:, None].to(tl.int64) * C + cols[None, :]
             x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+            if DY_IDX or LOW_IDX:  # the rows of this tile's tokens in the other order
+                prow = (rows // N_TOK) * N_TOK + tl.load(IDX + rows % N_TOK, mask=rmask, other=0)
+                poffs = prow[:, None].to(tl.int64) * C + cols[None, :]
+            if DY_IDX:
+                dy = tl.load(DY + poffs, mask=mask, other=0.0).to(tl.float32)
+            else:
+                dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
             mean = tl.load(Mean + rows, mask=rmask, other=0.0)
             rstd = tl.load(Rstd + rows, mask=rmask, other=0.0)
             xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
@@ -154,7 +163,10 @@ if triton is not None:
                 low = dx.to(DX.dtype.element_ty)
                 if LOW_SCALE:
                     low = low * tl.load(S_LOW + rows // N_TOK, mask=rmask, other=0.0).to(DX.dtype.element_ty)[:, None]
-                tl.store(DX_LOW + offs, low.to(DX_LOW.dtype.element_ty), mask=mask)
+                if LOW_IDX:
+                    tl.store(DX_LOW + poffs, low.to(DX_LOW.dtype.element_ty), mask=mask)
+                else:
+                    tl.store(DX_LOW + offs, low.to(DX_LOW.dtype.element_ty), mask=mask)
             if ACC2D:
                 dw_acc += dy * xhat
                 db_acc += dy
@@ -240,7 +252,8 @@ def ln_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean:
                 residual_grad: Optional[torch.Tensor] = None, c1: Optional[torch.Tensor] = None,
                 grad_sum: bool = False, scale: Optional[torch.Tensor] = None, tokens: int = 1,
                 config: Optional[BackwardConfig] = None, dx_low: Optional[torch.Tensor] = None,
-                dx_low_scale: Optional[torch.Tensor] = None,
+                dx_low_scale: Optional[torch.Tensor] = None, dy_rows: Optional[torch.Tensor] = None,
+                dx_low_rows: Optional[torch.Tensor] = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Gradients of :func:`ln_forward` for the incoming ``dy2`` (M, C): ``(dx, dweight, dbias, dc1, gsum)``.
 
@@ -251,9 +264,13 @@ def ln_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean:
     ``benchmarks/sweep_ln_backward.py``). ``dx_low`` (M, C), contiguous, in a lower-precision dtype: also gets ``dx``,
     rounded to its dtype, in the same pass: exactly ``dx.to(dx_low.dtype)``, or with ``dx_low_scale`` (B,) exactly
     ``(dx * dx_low_scale[row // tokens]).to(dx_low.dtype)``.
+
+    ``dy_rows`` and ``dx_low_rows`` (int64, a position for each of the ``tokens`` tokens of a sample) put ``dy2``'s
+    rows, and those written to ``dx_low``, in another order: token j of sample b is row ``b * tokens + idx[j]``
+    there. Both, if given, must be the same tensor (one index is loaded per tile).
     """
     dx, partial = ln_backward_partials(dy2, x2, weight, mean, rstd, residual_grad, c1, grad_sum, scale, tokens,
-                                       config, dx_low, dx_low_scale)[:2]
+                                       config, dx_low, dx_low_scale, dy_rows, dx_low_rows)[:2]
     has_res = residual_grad is not None
     sums = partial.sum(-1)  # (n, C)
     dc1 = sums[2].sum().reshape(1) if has_res else None
@@ -266,7 +283,8 @@ def ln_backward_partials(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tens
                          c1: Optional[torch.Tensor] = None, grad_sum: bool = False,
                          scale: Optional[torch.Tensor] = None, tokens: int = 1,
                          config: Optional[BackwardConfig] = None, dx_low: Optional[torch.Tensor] = None,
-                         dx_low_scale: Optional[torch.Tensor] = None,
+                         dx_low_scale: Optional[torch.Tensor] = None, dy_rows: Optional[torch.Tensor] = None,
+                         dx_low_rows: Optional[torch.Tensor] = None,
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`ln_backward`'s one launch: ``(dx, partial, counter)`` with the column sums left per program, ``partial``
     (n, C, programs) float32, rows d weight, d bias, then ``g * x`` with ``residual_grad`` and ``g * s`` with
@@ -276,6 +294,13 @@ def ln_backward_partials(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tens
     M, C = x2.shape
     if dx_low is not None and (dx_low.shape != (M, C) or not dx_low.is_contiguous()):
         raise ValueError(f"ln_backward: dx_low must be a contiguous ({M}, {C}) tensor, got {tuple(dx_low.shape)}")
+    if dx_low_rows is not None and dx_low is None:
+        raise ValueError("ln_backward: dx_low_rows needs dx_low")
+    idx = dy_rows if dy_rows is not None else dx_low_rows
+    if idx is not None and (dx_low_rows is not None and dx_low_rows is not idx or idx.dtype != torch.int64
+                            or idx.shape != (tokens,) or M % tokens):
+        raise ValueError(f"ln_backward: dy_rows / dx_low_rows must be one int64 index of the {tokens} tokens of a "
+                         f"sample ({M} rows in all)")
     dx = torch.empty((M, C), device=x2.device, dtype=x2.dtype)
     block_m, warps, per_sm, acc2d = config or backward_config(M, C)
     block_c = next_power_of_2(C)
@@ -299,9 +324,10 @@ def ln_backward_partials(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tens
     launchable(_ln_bwd)[(programs,)](
         x2, dy2, dx, dx_low if dx_low is not None else dx, dx_low_scale if dx_low_scale is not None else weight,
         weight, mean, rstd, dw, db, residual_grad if has_res else x2, c1 if has_res else weight, gx, gs,
-        scale if scale is not None else weight, counter, M, C, tokens, num_tiles, HAS_RES=has_res,
-        HAS_GSUM=grad_sum, HAS_SCALE=scale is not None, HAS_LOW=dx_low is not None,
-        LOW_SCALE=dx_low_scale is not None, BLOCK_M=block_m, BLOCK_C=block_c, ACC2D=acc2d, num_warps=warps)
+        scale if scale is not None else weight, counter, idx if idx is not None else counter, M, C, tokens,
+        num_tiles, HAS_RES=has_res, HAS_GSUM=grad_sum, HAS_SCALE=scale is not None, HAS_LOW=dx_low is not None,
+        LOW_SCALE=dx_low_scale is not None, DY_IDX=dy_rows is not None, LOW_IDX=dx_low_rows is not None,
+        BLOCK_M=block_m, BLOCK_C=block_c, ACC2D=acc2d, num_warps=warps)
     return dx, partial, counter
 
 
