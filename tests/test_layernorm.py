@@ -188,8 +188,14 @@ SCRIPT = """
         perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))  # leaves the global RNG as it was
         inv = torch.empty_like(perm)
         inv[perm] = torch.arange(40)
-        xs, _, _ = ln_forward(x.view(-1, C), lw, lb, 1e-6, torch.float32, rows=perm)
+        xs, mean_s, rstd_s = ln_forward(x.view(-1, C), lw, lb, 1e-6, torch.float32, rows=perm)
         assert rel(xs, F.layer_norm(x[:, perm].double(), (C,), lw.double(), lb.double(), 1e-6).view(-1, C)) < 1e-6
+        # in training the statistics are wanted in the input's order (the backward's): written there by the kernel
+        xs2, mean_g, rstd_g = ln_forward(x.view(-1, C), lw, lb, 1e-6, torch.float32, rows=perm,
+                                         stats_in_input_order=True)
+        assert torch.equal(xs2, xs)
+        assert torch.equal(mean_g.view(-1, 40)[:, perm], mean_s.view(-1, 40))
+        assert torch.equal(rstd_g.view(-1, 40)[:, perm], rstd_s.view(-1, 40))
         r = K.residual_forward(x, y[:, perm].contiguous(), c1, c2, torch.tensor([0.5, 2.0]), y_rows=inv)
         want = torch.addcmul(x * c1, y, c2 * torch.tensor([0.5, 2.0]).view(2, 1, 1))
         assert rel(r, want) < 1e-6, rel(r, want)

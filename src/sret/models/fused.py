@@ -539,7 +539,9 @@ class _AttnResidual(torch.autograd.Function):
         x2 = x.reshape(B * N, C)
         with torch.autocast(x.device.type, enabled=False):
             if shuffle_in_kernels:
-                xn, mean, rstd = _ln.ln_forward(x2, ln_w, ln_b, eps, dtype, rows=perm)  # (B*N, C), shuffled order
+                # (B*N, C), shuffled order; in training the statistics in grid order, where the backward uses them
+                xn, mean, rstd = _ln.ln_forward(x2, ln_w, ln_b, eps, dtype, rows=perm,
+                                                stats_in_input_order=training and _GATHER_IN_KERNELS)
             else:
                 xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)
             # the GEMMs' operands, one launch on CUDA; wqkv16 and bqkv16 are kept for backward: no second cast there
@@ -577,7 +579,8 @@ class _AttnResidual(torch.autograd.Function):
                 if shuffle_in_kernels:
                     y = y.index_select(1, inv_perm)
                 out = _residual(x, y, c1, _branch_scale(c2, scale, B))
-        if shuffle_in_kernels and training:  # the backward's LayerNorm works in grid order: its statistics too
+        # the backward's LayerNorm works in grid order: its statistics too (written so by the kernel, change 52)
+        if shuffle_in_kernels and training and not _GATHER_IN_KERNELS:
             mean = mean.view(B, N).index_select(1, inv_perm).view(-1)
             rstd = rstd.view(B, N).index_select(1, inv_perm).view(-1)
         if backend == "triton":  # the output (proj's weight gradient, rowsum(do * o)) and the log-sum-exp

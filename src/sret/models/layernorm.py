@@ -59,7 +59,7 @@ if triton is not None:
 
     @triton.jit
     def _ln_fwd(X, Y, W, B, Mean, Rstd, IDX, M, C, Y_STRIDE, N_TOK, eps, PAD: tl.constexpr, ONES: tl.constexpr,
-                HAS_IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+                HAS_IDX: tl.constexpr, STATS_AT_SRC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
         eps = tl.cast(eps, tl.float32)  # fp64 where Inductor launches it
         # With PAD > 0 each output row is followed by PAD (<= 8) extra columns, zero, or with ONES (1, 0, ..., 0): a
         # weight-gradient GEMM against that matrix then yields the bias gradient as its extra column (no separate
@@ -88,8 +88,12 @@ if triton is not None:
             ones = tl.where((pcols == 0) & ONES, 1.0, 0.0)[None, :] + tl.zeros((BLOCK_M, 8), dtype=tl.float32)
             tl.store(Y + yrow + C + pcols[None, :], ones.to(Y.dtype.element_ty),
                      mask=rmask[:, None] & (pcols < PAD)[None, :])
-        tl.store(Mean + rows, mean, mask=rmask)
-        tl.store(Rstd + rows, rstd, mask=rmask)
+        if STATS_AT_SRC:  # the statistics in the input's row order
+            tl.store(Mean + src, mean, mask=rmask)
+            tl.store(Rstd + src, rstd, mask=rmask)
+        else:
+            tl.store(Mean + rows, mean, mask=rmask)
+            tl.store(Rstd + rows, rstd, mask=rmask)
 
     @triton.jit
     def _ln_bwd(X, DY, DX, DX_LOW, S_LOW, W, Mean, Rstd, DW, DB, G, C1, GX, GS, S, ZERO, IDX, M, C, N_TOK,
@@ -219,7 +223,7 @@ def ones_column_width(C: int) -> int:
 
 def ln_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                out_dtype: torch.dtype, ones_column: bool = False, width: Optional[int] = None,
-               rows: Optional[torch.Tensor] = None,
+               rows: Optional[torch.Tensor] = None, stats_in_input_order: bool = False,
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LayerNorm of contiguous rows ``x2`` (M, C): ``(y in out_dtype, mean (M,), rstd (M,))``, float32 statistics.
 
@@ -229,7 +233,8 @@ def ln_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: 
 
     ``rows`` (a permutation of the N tokens of each sample, int64, M divisible by N) reorders the tokens on the way
     in: output row ``b * N + j`` is the LayerNorm of input row ``b * N + rows[j]``. The sliced attention's shuffle
-    then costs no pass of its own (the statistics follow the output order).
+    then costs no pass of its own. The statistics follow the output order, or with ``stats_in_input_order`` the
+    input's (what a backward in the input's order needs: no gather of its own).
     """
     M, C = x2.shape
     tokens = rows.numel() if rows is not None else 1
@@ -244,7 +249,8 @@ def ln_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: 
     block_m, block_c = _tiling(C)
     launchable(_ln_fwd)[(cdiv(M, block_m),)](
         x2, y, weight, bias, mean, rstd, rows if rows is not None else weight, M, C, width, tokens, eps,
-        PAD=width - C, ONES=ones_column, HAS_IDX=rows is not None, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
+        PAD=width - C, ONES=ones_column, HAS_IDX=rows is not None,
+        STATS_AT_SRC=stats_in_input_order and rows is not None, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
     return y, mean, rstd
 
 
