@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from sret.models.sret import ConvStem
+from sret.models.sret import ConvStem, _aligned_channels
 
 
-def _stem_with_statistics(seed: int) -> ConvStem:
+def _stem_with_statistics(seed: int, dim: int = 64) -> ConvStem:
     """A stem whose BatchNorms have non-trivial affine parameters and running statistics (a trained-looking one)."""
     torch.manual_seed(seed)
-    stem = ConvStem(3, 64).double()
+    stem = ConvStem(3, dim).double()
     stem.train()
     with torch.no_grad():
         for _ in range(3):  # running statistics from real batches, away from the (0, 1) init
@@ -21,13 +22,14 @@ def _stem_with_statistics(seed: int) -> ConvStem:
     return stem.eval()
 
 
-def test_folded_stem_equals_conv_bn_relu_in_float64():
-    stem = _stem_with_statistics(0)
+@pytest.mark.parametrize("dim", [64, 126])  # SReT-T's stem, SReT-S's (63 and 126 channels: carried at 64, 128)
+def test_folded_stem_equals_conv_bn_relu_in_float64(dim):
+    stem = _stem_with_statistics(0, dim)
     x = torch.randn(2, 3, 40, 56, dtype=torch.float64)
     with torch.no_grad():
         ref = stem(x)  # CPU: the plain conv -> BN -> ReLU layers
         out = stem._forward_folded(x, fused_relu=False)
-    assert out.shape == ref.shape == (2, 64, 5, 7)
+    assert out.shape == ref.shape == (2, dim, 5, 7)
     assert (ref > 0).float().mean() > 0.2  # the ReLU is not trivially all-on or all-off
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
 
@@ -40,6 +42,17 @@ def test_folded_weights_are_the_batchnorm_scale_and_shift():
     torch.testing.assert_close(w, conv.weight * s.view(-1, 1, 1, 1))
     torch.testing.assert_close(b, (conv.bias - bn.running_mean) * s + bn.bias)
     assert not torch.equal(b, conv.bias)  # the statistics really moved
+
+
+def test_maps_between_folded_convs_are_carried_at_multiples_of_8_channels():
+    layers = _aligned_channels(_stem_with_statistics(2, 126).folded())
+    assert [tuple(w.shape[:2]) for w, _, _ in layers] == [(64, 3), (128, 64), (126, 128)]
+    assert [b.shape[0] for _, b, _ in layers] == [64, 128, 126]
+    (w1, b1, _), (w2, b2, _), (w3, _, _) = layers
+    assert not w1[63:].any() and not b1[63:].any() and not w2[:, 63:].any()  # the added channels are zeros
+    assert not w2[126:].any() and not b2[126:].any() and not w3[:, 126:].any()
+    aligned = _aligned_channels(_stem_with_statistics(2, 64).folded())
+    assert [tuple(w.shape[:2]) for w, _, _ in aligned] == [(32, 3), (64, 32), (64, 64)]  # nothing to add
 
 
 
@@ -83,12 +96,49 @@ assert first_conv(torch.randn(2, 8, 8, 8), torch.nn.Conv2d(8, 16, 3, stride=2, p
 assert first_conv(torch.randn(2, 3, 8, 8), torch.nn.Conv2d(3, 16, 3, stride=2, padding=1), torch.float32) is None
 assert first_conv(torch.randn(2, 3, 8, 8, requires_grad=True), torch.nn.Conv2d(3, 16, 3, stride=2, padding=1),
                   torch.float16) is None
+
+# Inference (change 53): the same kernel on a folded conv, with the bias and the ReLU, and 64 output channels of
+# which the last is zero weights and bias (SReT-S's 63 carried at 64); the reference rounds images, weight and bias
+# to float16 as the kernel does
+from sret.models.stem_conv import first_conv_folded
+conv = torch.nn.Conv2d(3, 63, 3, stride=2, padding=1)
+w = F.pad(torch.randn(63, 3, 3, 3), (0, 0, 0, 0, 0, 0, 0, 1))
+b = F.pad(torch.randn(63) * 0.5, (0, 1))
+x = torch.randn(2, 3, 9, 14) * 2
+y = first_conv_folded(x, w, b, conv, torch.float16)
+ref = F.relu(F.conv2d(x.half().double(), w.half().double(), b.half().double(), stride=2, padding=1))
+assert y.shape == ref.shape == (2, 64, 5, 7) and y.is_contiguous(memory_format=torch.channels_last)
+assert rel(y, ref) < 1e-3 and (ref > 0).double().mean() > 0.2, rel(y, ref)
+assert not y[:, 63].any()
+assert first_conv_folded(x, w[:, :2], b, conv, torch.float16) is None  # weight and images disagree
+
+# The whole folded stem of SReT-S's width under float16 autocast: first conv on the kernel, then the others
+import sret.models.stem_conv as stem_conv
+from sret.models.sret import ConvStem
+torch.manual_seed(1)
+stem = ConvStem(3, 126)
+with torch.no_grad():
+    stem.train()
+    for _ in range(2):
+        stem(torch.randn(4, 3, 32, 32) * 2 + 0.5)
+stem.eval()
+calls = []
+plain_folded = stem_conv.first_conv_folded
+stem_conv.first_conv_folded = lambda *a: calls.append(1) or plain_folded(*a)
+x = torch.randn(2, 3, 40, 56)
+with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+    out = stem._forward_folded(x)
+with torch.no_grad():
+    ref = stem.double()(x.double())
+assert calls == [1] and out.dtype == torch.float16 and out.shape == ref.shape == (2, 126, 5, 7)
+assert rel(out, ref) < 1e-2, rel(out, ref)
 print("ok")
 """
 
 
 def test_first_conv_kernels_match_conv2d_in_float64_in_interpreter():
-    """The training stem's first conv (``stem_conv.py``): output and weight gradient against ``F.conv2d``."""
+    """The stem's first conv (``stem_conv.py``): output and weight gradient against ``F.conv2d``; in inference with
+    the folded bias and ReLU, alone and inside the folded stem."""
     from ..interpreter import run_in_interpreter
 
     run_in_interpreter(FIRST_CONV_SCRIPT)

@@ -165,19 +165,44 @@ class ConvStem(nn.Module):
         ``fused_relu=False`` (and any device or dtype cuDNN refuses) runs ``conv2d`` and ``relu`` separately.
         """
         dtype = fused.compute_dtype(x)
-        # No zero channels here, unlike training: in inference cuDNN's first conv took as long over 8 channels as
-        # over 3 (0.51 ms at batch 256 on an H100), so the padding pass is pure cost: stem 0.89 -> 1.07 ms with
-        # PyTorch's zero fill and copy, SReT-S 4.34 -> 4.86 ms even with the one-pass kernel (docs/perf_notes.md).
-        x = x.to(dtype, memory_format=torch.channels_last)  # (B, C, H, W), one copy for layout and cast
+        layers = _aligned_channels(self.folded())
         with torch.autocast(x.device.type, enabled=False):
-            for w, b, conv in self.folded():
+            w, b, conv = layers[0]
+            # The first conv as the Triton kernel that reads the float32 NCHW images (stem_conv.py); else one copy
+            # for layout and cast, and cuDNN. No zero input channels for cuDNN here, unlike training: in inference
+            # its first conv took as long over 8 channels as over 3 (0.51 ms at batch 256 on an H100), so the
+            # padding pass was pure cost (docs/perf_notes.md, run 14).
+            y = stem_conv.first_conv_folded(x, w, b, conv, dtype) if fused_relu else None
+            if y is None:
+                y = x.to(dtype, memory_format=torch.channels_last)  # (B, C, H, W)
+                layers = [(w, b, conv)] + layers[1:]
+            else:
+                layers = layers[1:]
+            for w, b, conv in layers:
                 w = w.to(dtype).contiguous(memory_format=torch.channels_last)
-                b = b.to(dtype)
-                x = _conv_bias_relu(x, w, b, conv, fused_relu)  # (B, C_out, ceil(H/2), ceil(W/2))
-        return x
+                y = _conv_bias_relu(y, w, b.to(dtype), conv, fused_relu)  # (B, C_out, ceil(H/2), ceil(W/2))
+        return y
 
 
 _CUDNN_CONV_RELU_FAILED: set = set()
+
+
+def _aligned_channels(layers: List[Tuple[torch.Tensor, torch.Tensor, nn.Conv2d]]):
+    """The folded stem's layers with every map between two convs carried at a multiple of 8 channels: zero output
+    channels (zero weights and bias: ReLU keeps them 0) and zero input columns in the next conv's weight. The values
+    are the same. Why: cuDNN runs a bf16 NHWC conv over 63 or 126 channels (SReT-S) with padding passes of its own,
+    ~0.2 ms a call at batch 256 on an H100, 1.75 ms of SReT-S's inference step (docs/perf_notes.md, change 53)."""
+    out, extra_in = [], 0
+    for i, (w, b, conv) in enumerate(layers):
+        if extra_in:
+            w = F.pad(w, (0, 0, 0, 0, 0, extra_in))  # (C_out, C_in + extra_in, 3, 3)
+        extra_out = -w.shape[0] % 8 if i < len(layers) - 1 else 0
+        if extra_out:
+            w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, extra_out))  # (C_out + extra_out, C_in', 3, 3)
+            b = F.pad(b, (0, extra_out))
+        out.append((w, b, conv))
+        extra_in = extra_out
+    return out
 
 
 def _stem_pad(in_chans: int) -> int:

@@ -14,7 +14,12 @@ checks that they do not need one).
 The conv's bias is not applied: in training the stem's BatchNorm cancels it (``ConvStem._conv_bn_relu``).
 :func:`first_conv` returns None where the kernels do not apply (no Triton, not CUDA and not the interpreter, more
 than 3 input channels, more than 128 output channels, the compute dtype not 16-bit, the images requiring grad).
-Checked against ``F.conv2d`` in float64 through Triton's interpreter (``tests/models/test_stem.py``).
+
+Inference (:func:`first_conv_folded`) runs the same forward kernel on the conv with its BatchNorm folded in, plus the
+bias and the ReLU: cuDNN's generic NHWC kernel for 3-channel inputs took 0.51 ms of SReT-T's 5.7 ms inference step
+and 1.48 ms of SReT-S's (63 output channels) at batch 256 on an H100, after a 62-123 us pass that cast the images
+(docs/perf_notes.md, change 53). Checked against ``F.conv2d`` in float64 through Triton's interpreter
+(``tests/models/test_stem.py``).
 """
 
 from __future__ import annotations
@@ -49,15 +54,20 @@ if triton is not None:
         return tl.load(X + offs, mask=ok, other=0.0)
 
     @triton.jit
-    def _first_conv_fwd(X, WP, Y, M, C, H, Wd, OH, OW, CO, KP: tl.constexpr, COP: tl.constexpr,
-                        BLOCK_M: tl.constexpr):
-        """y (BLOCK_M output pixels, C_out) = patches @ WP, written NHWC in WP's dtype; WP (KP, COP) zero-padded."""
+    def _first_conv_fwd(X, WP, BIAS, Y, M, C, H, Wd, OH, OW, CO, KP: tl.constexpr, COP: tl.constexpr,
+                        BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr):
+        """y (BLOCK_M output pixels, C_out) = patches @ WP (+ BIAS, then ReLU, with those flags), written NHWC in
+        Y's dtype; WP (KP, COP) zero-padded."""
         p = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         k = tl.arange(0, KP)
         co = tl.arange(0, COP)
         a = _patches(X, p, k, M, C, H, Wd, OH, OW).to(WP.dtype.element_ty)  # rounded as autocast rounds the input
         w = tl.load(WP + k[:, None] * COP + co[None, :])
         y = tl.dot(a, w)  # float32 accumulation
+        if HAS_BIAS:  # in the compute dtype, added to the float32 sums, as cuDNN's conv-bias-ReLU adds it
+            y += tl.load(BIAS + co, mask=co < CO, other=0.0).to(tl.float32)[None, :]
+        if RELU:
+            y = tl.maximum(y, 0.0)
         tl.store(Y + p[:, None].to(tl.int64) * CO + co[None, :], y.to(Y.dtype.element_ty),
                  mask=(p < M)[:, None] & (co < CO)[None, :])
 
@@ -88,7 +98,8 @@ def _prepared_weight(weight: torch.Tensor, dtype: torch.dtype, cop: int) -> torc
     return wp
 
 
-def _first_conv_forward(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _first_conv_forward(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype,
+                        bias: Optional[torch.Tensor] = None, relu: bool = False) -> torch.Tensor:
     B, C, H, Wd = x.shape
     CO = weight.shape[0]
     OH, OW = (H + 1) // 2, (Wd + 1) // 2
@@ -96,8 +107,10 @@ def _first_conv_forward(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtyp
     y = torch.empty((B, OH, OW, CO), device=x.device, dtype=dtype)  # NHWC memory
     M = B * OH * OW
     block_m = 64  # 95 registers a thread compiled for sm_90 (128 rows: 197)
-    _first_conv_fwd[(cdiv(M, block_m),)](x, _prepared_weight(weight, dtype, cop), y, M, C, H, Wd, OH, OW, CO,
-                                         KP=_KP, COP=cop, BLOCK_M=block_m, num_warps=4)
+    wp = _prepared_weight(weight, dtype, cop)
+    _first_conv_fwd[(cdiv(M, block_m),)](x, wp, bias.to(dtype) if bias is not None else wp, y, M, C, H, Wd, OH, OW,
+                                         CO, KP=_KP, COP=cop, BLOCK_M=block_m, HAS_BIAS=bias is not None, RELU=relu,
+                                         num_warps=4)
     return y.permute(0, 3, 1, 2)  # (B, C_out, OH, OW) view, channels-last strides
 
 
@@ -133,16 +146,31 @@ class _FirstConv(torch.autograd.Function):
         return None, dw, None
 
 
+def _applies(x: torch.Tensor, conv: torch.nn.Conv2d, out_channels: int, dtype: torch.dtype) -> bool:
+    return (_ln.fused_kernels_enabled(x) and x.dim() == 4 and x.shape[1] * 9 <= _KP and conv.in_channels == x.shape[1]
+            and out_channels <= 128 and conv.groups == 1 and conv.kernel_size == (3, 3) and conv.stride == (2, 2)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and dtype in (torch.bfloat16, torch.float16)
+            and x.dtype in (torch.float32, torch.bfloat16, torch.float16) and not x.requires_grad)
+
+
 def first_conv(x: torch.Tensor, conv: torch.nn.Conv2d, dtype: torch.dtype) -> Optional[torch.Tensor]:
     """``conv(x)`` without its bias, for NCHW images ``x`` (B, C_in <= 3, H, W) and a 3x3 / stride 2 / padding 1
     ``conv``: (B, C_out, ceil(H/2), ceil(W/2)) in ``dtype`` (bf16 or fp16), channels-last memory. Differentiable in
     the weight. None where the kernels do not apply."""
-    if (not _ln.fused_kernels_enabled(x) or x.dim() != 4 or x.shape[1] * 9 > _KP or conv.in_channels != x.shape[1]
-            or conv.out_channels > 128 or conv.groups != 1 or conv.kernel_size != (3, 3) or conv.stride != (2, 2)
-            or conv.padding != (1, 1) or conv.dilation != (1, 1) or dtype not in (torch.bfloat16, torch.float16)
-            or x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or x.requires_grad):
+    if not _applies(x, conv, conv.out_channels, dtype):
         return None
     x = x.contiguous()
     if torch.is_grad_enabled() and conv.weight.requires_grad:
         return _FirstConv.apply(x, conv.weight, dtype)
     return _first_conv_forward(x, conv.weight, dtype)
+
+
+def first_conv_folded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, conv: torch.nn.Conv2d,
+                      dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """``relu(conv2d(x, weight, bias))`` with ``conv``'s geometry, for inference: ``weight`` (C_out, C_in, 3, 3) and
+    ``bias`` (C_out,) are the conv's with its BatchNorm folded in (C_out may exceed the conv's: zero channels), both
+    rounded to ``dtype`` as the images are. (B, C_out, ceil(H/2), ceil(W/2)) in ``dtype``, channels-last memory; no
+    autograd. None where the kernels do not apply (as :func:`first_conv`)."""
+    if not _applies(x, conv, weight.shape[0], dtype) or weight.shape[1] != x.shape[1] or bias.shape != weight.shape[:1]:
+        return None
+    return _first_conv_forward(x.contiguous(), weight, dtype, bias=bias, relu=True)
