@@ -258,6 +258,28 @@ SCRIPT = """
             assert rel(ya, yb) < 1e-5 and rel(xa.grad, xb.grad) < 1e-5, (rel(ya, yb), rel(xa.grad, xb.grad))
             assert rel(mine.running_mean, ref.running_mean) < 1e-5 and rel(mine.running_var, ref.running_var) < 1e-5
             assert torch.equal(shift.grad, torch.zeros(C)) and ref_shift.grad.abs().max() < 1e-3
+            # Zero channels past the BatchNorm's (a conv's zero-weight channels, change 53): zeros out, no gradient
+            # through them, the statistics of the real channels only
+            extra = 8 - C % 8
+            xz = F.pad(xa.detach(), (0, 0, 0, 0, 0, extra)).contiguous(memory_format=torch.channels_last)
+            xz.requires_grad_(True)
+            mean0, var0 = mine.running_mean.clone(), mine.running_var.clone()
+            xa.grad = None
+            for p_ in (mine.weight, mine.bias):
+                p_.grad = None
+            ya = batch_norm_relu(xa, mine, shift=shift)
+            (ya * gy).sum().backward()
+            want = [xa.grad.clone(), mine.weight.grad.clone(), mine.bias.grad.clone(), mine.running_mean.clone(),
+                    mine.running_var.clone()]
+            mine.running_mean.copy_(mean0)
+            mine.running_var.copy_(var0)
+            mine.weight.grad = mine.bias.grad = None
+            yz = batch_norm_relu(xz, mine, shift=shift)
+            (yz * F.pad(gy, (0, 0, 0, 0, 0, extra))).sum().backward()
+            assert yz.shape[1] == C + extra and torch.equal(yz[:, :C], ya) and not yz[:, C:].any()
+            assert torch.equal(xz.grad[:, :C], want[0]) and not xz.grad[:, C:].any()
+            for a, b in zip((mine.weight.grad, mine.bias.grad, mine.running_mean, mine.running_var), want[1:]):
+                assert a.shape == (C,) and torch.equal(a, b), (shape, a, b)
         assert batch_norm_relu(xa.detach().contiguous(), mine) is None  # NCHW: the caller's PyTorch ops
 
     # A whole model: fast path on (interpreter) and off give the same logits and gradients, first with the plain

@@ -56,6 +56,22 @@ def test_maps_between_folded_convs_are_carried_at_multiples_of_8_channels():
 
 
 
+def test_zero_output_channels_change_nothing_in_float64():
+    """The training stem's convs with zero output channels (zero weights, no bias) and the next conv over them (zero
+    input columns): the same maps, zeros in the added channels (SReT-S's 126 carried at 128, change 53)."""
+    torch.manual_seed(4)
+    conv2, conv3 = torch.nn.Conv2d(63, 126, 3, 2, 1).double(), torch.nn.Conv2d(126, 126, 3, 2, 1).double()
+    x = torch.randn(2, 63, 12, 10, dtype=torch.float64)
+    y = ConvStem._conv(x, conv2, bias=False, out_channels=128)
+    want = torch.nn.functional.conv2d(x, conv2.weight, None, 2, 1)
+    assert y.shape == (2, 128, 6, 5) and not y[:, 126:].any()
+    torch.testing.assert_close(y[:, :126], want, rtol=1e-12, atol=1e-12)  # another blocking: float64 rounding
+    torch.testing.assert_close(ConvStem._conv(y, conv3, bias=False), torch.nn.functional.conv2d(want, conv3.weight,
+                               None, 2, 1), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="zero output channels"):
+        ConvStem._conv(x, conv2, bias=True, out_channels=128)
+
+
 def test_padded_input_channels_change_nothing_in_float64(monkeypatch):
     """The first conv over images padded with zero channels (and zero weights there) computes the same function."""
     from sret.models import sret as sret_module
@@ -96,6 +112,18 @@ assert first_conv(torch.randn(2, 8, 8, 8), torch.nn.Conv2d(8, 16, 3, stride=2, p
 assert first_conv(torch.randn(2, 3, 8, 8), torch.nn.Conv2d(3, 16, 3, stride=2, padding=1), torch.float32) is None
 assert first_conv(torch.randn(2, 3, 8, 8, requires_grad=True), torch.nn.Conv2d(3, 16, 3, stride=2, padding=1),
                   torch.float16) is None
+
+# Zero output channels (training, change 53: SReT-S's 63 carried at 64): the same conv, zero channels after it, and
+# the weight gradient of the conv's own shape
+conv = torch.nn.Conv2d(3, 63, 3, stride=2, padding=1)
+x = torch.randn(2, 3, 9, 14) * 2
+y, y64 = first_conv(x, conv, torch.float16), first_conv(x, conv, torch.float16, out_channels=64)
+assert y64.shape == (2, 64, 5, 7) and torch.equal(y64[:, :63], y) and not y64[:, 63].any()
+g = torch.randn(y64.shape).half().contiguous(memory_format=torch.channels_last)
+(dw64,) = torch.autograd.grad(y64, (conv.weight,), g)
+(dw,) = torch.autograd.grad(y, (conv.weight,), g[:, :63].contiguous(memory_format=torch.channels_last))
+assert dw64.shape == conv.weight.shape and rel(dw64, dw) < 1e-6, rel(dw64, dw)
+assert first_conv(x, conv, torch.float16, out_channels=32) is None  # fewer than the conv's
 
 # Inference (change 53): the same kernel on a folded conv, with the bias and the ReLU, and 64 output channels of
 # which the last is zero weights and bias (SReT-S's 63 carried at 64); the reference rounds images, weight and bias

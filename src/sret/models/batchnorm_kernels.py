@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sret.models import layernorm as _ln
@@ -184,6 +185,9 @@ def batch_norm_relu(x: torch.Tensor, bn: nn.BatchNorm2d,
     """``F.relu(bn(x + shift))`` for a BatchNorm in training mode on channels-last ``x`` (B, C, H, W), running
     statistics updated; None where the kernels do not apply.
 
+    ``x`` may carry channels past the BatchNorm's, all zeros (a conv's zero-weight channels that keep a map's rows
+    16-byte aligned for cuDNN, ``ConvStem``): they come out as zeros, with a zero gradient, and touch no statistics.
+
     ``shift`` (C,) is a conv bias the caller left out: with batch statistics a per-channel constant in front of
     BatchNorm cancels in the output and its gradient is exactly zero, so it only moves the running mean. Leaving it
     out saves the bias add over the conv output and the bias gradient's reduction over it (each a pass over the
@@ -191,12 +195,18 @@ def batch_norm_relu(x: torch.Tensor, bn: nn.BatchNorm2d,
     """
     if (not _ln.fused_kernels_enabled(x) or not bn.training or not bn.track_running_stats or bn.momentum is None
             or not bn.affine or x.dim() != 4 or x.shape[1] > 256 or x.shape[0] * x.shape[2] * x.shape[3] < 2
-            or not x.is_contiguous(memory_format=torch.channels_last)):
+            or not x.is_contiguous(memory_format=torch.channels_last) or x.shape[1] < bn.num_features):
         return None
-    y, mean, var = _BatchNormReLU.apply(x, bn.weight, bn.bias, bn.eps, shift)
+    C = bn.num_features
+    weight, bias = bn.weight, bn.bias
+    extra = x.shape[1] - C
+    if extra:  # zero channels: weight and bias 0 there (y = relu(0) = 0 and no gradient reaches them)
+        weight, bias = F.pad(weight, (0, extra)), F.pad(bias, (0, extra))
+        shift = F.pad(shift, (0, extra)) if shift is not None else None
+    y, mean, var = _BatchNormReLU.apply(x, weight, bias, bn.eps, shift)
     M = x.numel() // x.shape[1]
     with torch.no_grad():
-        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), bn.momentum)
-        bn.running_var.lerp_((var * (M / (M - 1))).to(bn.running_var.dtype), bn.momentum)
+        bn.running_mean.lerp_(mean[:C].to(bn.running_mean.dtype), bn.momentum)
+        bn.running_var.lerp_((var[:C] * (M / (M - 1))).to(bn.running_var.dtype), bn.momentum)
         bn.num_batches_tracked.add_(1)
     return y

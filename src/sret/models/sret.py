@@ -96,7 +96,8 @@ class ConvStem(nn.Module):
                 return self._forward_folded(x)
             # training: the first conv as Triton kernels straight from the NCHW images (stem_conv.py), else cuDNN's
             if fused.fused_enabled() and self.bn1.training:
-                y = stem_conv.first_conv(x, self.conv1, fused.compute_dtype(x))  # (B, C/2, H/2, W/2), no bias
+                # (B, C/2 + pad, H/2, W/2), no bias; the map carried at a multiple of 8 channels (_aligned)
+                y = stem_conv.first_conv(x, self.conv1, fused.compute_dtype(x), _aligned(self.conv1.out_channels))
             if y is None:
                 if fused.fused_enabled() and _stem_pad(x.shape[1]):
                     x = _padded_input(x, fused.compute_dtype(x))  # (B, C_in + pad, H, W), channels-last
@@ -106,37 +107,48 @@ class ConvStem(nn.Module):
             x = self._bn_relu(y, self.conv1, self.bn1, kernels=True)  # (B, C/2, H/2, W/2)
         else:
             x = self._conv_bn_relu(x, self.conv1, self.bn1)  # (B, C/2, H/2, W/2)
-        x = self._conv_bn_relu(x, self.conv2, self.bn2)  # (B, C, H/4, W/4)
+        x = self._conv_bn_relu(x, self.conv2, self.bn2, aligned=True)  # (B, C (+ pad), H/4, W/4)
         return self._conv_bn_relu(x, self.conv3, self.bn3)  # (B, C, H/8, W/8)
 
     @staticmethod
-    def _conv_bn_relu(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+    def _conv_bn_relu(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, aligned: bool = False) -> torch.Tensor:
         """``relu(bn(conv(x)))``; in eager training on CUDA the BatchNorm + ReLU are two Triton passes each way
         (``batchnorm_kernels.py``), and the conv runs without its bias, which batch statistics cancel (the kernels
-        move the running mean by it instead): no bias add over the conv output, no bias-gradient reduction."""
+        move the running mean by it instead): no bias add over the conv output, no bias-gradient reduction. There,
+        with ``aligned``, the output is carried at a multiple of 8 channels (:func:`_aligned`)."""
         kernels = x.is_cuda and fused.fused_enabled() and bn.training
-        return ConvStem._bn_relu(ConvStem._conv(x, conv, bias=not kernels), conv, bn, kernels)
+        out_channels = _aligned(conv.out_channels) if kernels and aligned else conv.out_channels
+        return ConvStem._bn_relu(ConvStem._conv(x, conv, bias=not kernels, out_channels=out_channels), conv, bn,
+                                 kernels)
 
     @staticmethod
     def _bn_relu(y: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, kernels: bool) -> torch.Tensor:
-        """``relu(bn(y + conv.bias))`` for a conv output ``y``, which lacks the conv's bias where ``kernels``."""
+        """``relu(bn(y + conv.bias))`` for a conv output ``y``, which lacks the conv's bias where ``kernels`` and may
+        then carry zero channels past the BatchNorm's (kept by the kernels, dropped by the fallback)."""
         if kernels:
             out = batchnorm_kernels.batch_norm_relu(y, bn, shift=conv.bias)
             if out is not None:
                 return out
-            if conv.bias is not None:  # the kernels declined: the bias as the conv adds it (in its output dtype)
+            y = y[:, :bn.num_features]  # the kernels declined: without the zero channels
+            if conv.bias is not None:  # the bias as the conv adds it (in its output dtype)
                 y = y + conv.bias.to(y.dtype).view(1, -1, 1, 1)
         return F.relu(bn(y))
 
     @staticmethod
-    def _conv(x: torch.Tensor, conv: nn.Conv2d, bias: bool = True) -> torch.Tensor:
-        """``conv(x)`` (without its bias if ``bias`` is False), also over images carrying zero-padded channels (see
-        :func:`_stem_pad`): zero weights there. Those two cases call ``F.conv2d`` directly, so the conv module's
-        forward hooks do not see them (eager CUDA training with the fused kernels)."""
+    def _conv(x: torch.Tensor, conv: nn.Conv2d, bias: bool = True, out_channels: Optional[int] = None) -> torch.Tensor:
+        """``conv(x)`` (without its bias if ``bias`` is False), also over images or maps carrying zero channels (see
+        :func:`_stem_pad`, :func:`_aligned`): zero weights there; ``out_channels`` (>= C_out) appends zero output
+        channels (zero weights, no bias). Those cases call ``F.conv2d`` directly, so the conv module's forward hooks
+        do not see them (eager CUDA training with the fused kernels)."""
         extra = x.shape[1] - conv.in_channels
-        if extra == 0 and bias:
+        extra_out = (out_channels or conv.out_channels) - conv.out_channels
+        if extra == 0 and extra_out == 0 and bias:
             return conv(x)  # the module itself: its hooks run as they did
         w = conv.weight if extra == 0 else F.pad(conv.weight, (0, 0, 0, 0, 0, extra))  # (C_out, C_in + extra, 3, 3)
+        if extra_out:
+            if bias:
+                raise ValueError("ConvStem._conv: zero output channels only without the bias")
+            w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, extra_out))  # (C_out + extra_out, C_in', 3, 3)
         return F.conv2d(x, w, conv.bias if bias else None, conv.stride, conv.padding)
 
     def folded(self) -> List[Tuple[torch.Tensor, torch.Tensor, nn.Conv2d]]:
@@ -187,16 +199,24 @@ class ConvStem(nn.Module):
 _CUDNN_CONV_RELU_FAILED: set = set()
 
 
+def _aligned(channels: int) -> int:
+    """``channels`` rounded up to a multiple of 8: the width a map between two stem convs is carried at (bf16 rows
+    16-byte aligned). cuDNN pads a bf16 NHWC map of 63 or 126 channels (SReT-S) in passes of its own, ~0.2 ms a call
+    at batch 256 on an H100: 1.75 ms of SReT-S's inference step, 4.0 ms of its training step (docs/perf_notes.md,
+    change 53). The added channels are zeros (zero weights, and no bias or a zero one) and stay zeros through the
+    BatchNorm + ReLU; the next conv has zero weights there."""
+    return channels + (-channels % 8)
+
+
 def _aligned_channels(layers: List[Tuple[torch.Tensor, torch.Tensor, nn.Conv2d]]):
-    """The folded stem's layers with every map between two convs carried at a multiple of 8 channels: zero output
+    """The folded stem's layers with every map between two convs carried at :func:`_aligned` channels: zero output
     channels (zero weights and bias: ReLU keeps them 0) and zero input columns in the next conv's weight. The values
-    are the same. Why: cuDNN runs a bf16 NHWC conv over 63 or 126 channels (SReT-S) with padding passes of its own,
-    ~0.2 ms a call at batch 256 on an H100, 1.75 ms of SReT-S's inference step (docs/perf_notes.md, change 53)."""
+    are the same."""
     out, extra_in = [], 0
     for i, (w, b, conv) in enumerate(layers):
         if extra_in:
             w = F.pad(w, (0, 0, 0, 0, 0, extra_in))  # (C_out, C_in + extra_in, 3, 3)
-        extra_out = -w.shape[0] % 8 if i < len(layers) - 1 else 0
+        extra_out = _aligned(w.shape[0]) - w.shape[0] if i < len(layers) - 1 else 0
         if extra_out:
             w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, extra_out))  # (C_out + extra_out, C_in', 3, 3)
             b = F.pad(b, (0, extra_out))

@@ -153,16 +153,21 @@ def _applies(x: torch.Tensor, conv: torch.nn.Conv2d, out_channels: int, dtype: t
             and x.dtype in (torch.float32, torch.bfloat16, torch.float16) and not x.requires_grad)
 
 
-def first_conv(x: torch.Tensor, conv: torch.nn.Conv2d, dtype: torch.dtype) -> Optional[torch.Tensor]:
+def first_conv(x: torch.Tensor, conv: torch.nn.Conv2d, dtype: torch.dtype,
+               out_channels: Optional[int] = None) -> Optional[torch.Tensor]:
     """``conv(x)`` without its bias, for NCHW images ``x`` (B, C_in <= 3, H, W) and a 3x3 / stride 2 / padding 1
     ``conv``: (B, C_out, ceil(H/2), ceil(W/2)) in ``dtype`` (bf16 or fp16), channels-last memory. Differentiable in
-    the weight. None where the kernels do not apply."""
-    if not _applies(x, conv, conv.out_channels, dtype):
+    the weight. ``out_channels`` (>= C_out) appends zero channels. None where the kernels do not apply."""
+    out_channels = out_channels or conv.out_channels
+    if not _applies(x, conv, out_channels, dtype) or out_channels < conv.out_channels:
         return None
     x = x.contiguous()
+    weight = conv.weight
+    if out_channels > conv.out_channels:  # zero weight rows: autograd slices their gradient off
+        weight = torch.nn.functional.pad(weight, (0, 0, 0, 0, 0, 0, 0, out_channels - conv.out_channels))
     if torch.is_grad_enabled() and conv.weight.requires_grad:
-        return _FirstConv.apply(x, conv.weight, dtype)
-    return _first_conv_forward(x, conv.weight, dtype)
+        return _FirstConv.apply(x, weight, dtype)
+    return _first_conv_forward(x, weight, dtype)
 
 
 def first_conv_folded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, conv: torch.nn.Conv2d,
