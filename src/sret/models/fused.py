@@ -80,7 +80,8 @@ def _layer_norm_backward(gy: torch.Tensor, x2: torch.Tensor, w: torch.Tensor, b:
 
     ``c1`` None means a plain residual (``out = x + f``). Also returns ``gsum``, the column sum of ``g * s`` (the bias
     gradient of the Linear whose output is the branch), computed in the same pass on the Triton path. There, with
-    ``low`` = ``(dtype, scale)``, dx comes with ``(dx * scale).to(dtype)`` made in the same pass, for the backward of
+    ``low`` = ``(dtype, scale, order)``, dx comes with ``(dx * scale).to(dtype)`` made in the same pass (its rows in
+    ``order``'s token order if that is not None, see :func:`_mark_output`), for the backward of
     the sublayer before (see :func:`_keep_low_copy`). ``dy_rows``: gy holds each sample's tokens in another order,
     token j at position ``dy_rows[j]`` (the sliced attention's shuffle; see ``layernorm.ln_backward``).
     """

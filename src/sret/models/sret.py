@@ -104,7 +104,7 @@ class ConvStem(nn.Module):
                 else:
                     x = x.contiguous(memory_format=torch.channels_last)
         if y is not None:
-            x = self._bn_relu(y, self.conv1, self.bn1, kernels=True)  # (B, C/2, H/2, W/2)
+            x = self._bn_relu(y, self.conv1, self.bn1, kernels=True)  # (B, C/2 (+ pad), H/2, W/2)
         else:
             x = self._conv_bn_relu(x, self.conv1, self.bn1)  # (B, C/2, H/2, W/2)
         x = self._conv_bn_relu(x, self.conv2, self.bn2, aligned=True)  # (B, C (+ pad), H/4, W/4)
@@ -171,10 +171,12 @@ class ConvStem(nn.Module):
 
         Why: at 224 px the stem's first maps are the largest tensors of the model (B x 112 x 112 x C/2), and in
         eval every extra elementwise pass over them (the conv's separate bias add, the BatchNorm transform, the
-        ReLU) is a full read and write of memory. cuDNN's fused conv-bias-ReLU (``torch.cudnn_convolution_relu``)
-        does the whole layer in one kernel; the input is cast to the compute dtype and made channels-last in one
-        copy. The result equals the unfused layers up to the rounding of the folded weights in the compute dtype.
-        ``fused_relu=False`` (and any device or dtype cuDNN refuses) runs ``conv2d`` and ``relu`` separately.
+        ReLU) is a full read and write of memory. The first layer is one Triton launch that reads the float32 NCHW
+        images (``stem_conv.first_conv_folded``); the others, and the first where that kernel does not apply (after
+        one copy for the cast and the layout), are cuDNN's fused conv-bias-ReLU (``torch.cudnn_convolution_relu``).
+        The maps between the convs are carried at multiples of 8 channels (:func:`_aligned_channels`). The result
+        equals the unfused layers up to the rounding of the folded weights in the compute dtype. ``fused_relu=False``
+        (and any device or dtype cuDNN refuses) runs ``conv2d`` and ``relu`` separately.
         """
         dtype = fused.compute_dtype(x)
         layers = _aligned_channels(self.folded())
