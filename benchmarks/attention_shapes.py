@@ -15,7 +15,8 @@ SReT-T and SReT-S (48-wide heads) sliced and unsliced; it prints the table entri
 
     PYTHONPATH=src python3 benchmarks/attention_shapes.py --sweep
 
-``--sweep-backward`` does the same for a training step's core, forward and backward, for SReT-T's shapes: cuDNN's
+``--sweep-backward`` does the same for a training step's core, forward and backward, for SReT-T's shapes (with
+``--sret-s``, SReT-S's 48-wide ones that run cuDNN): cuDNN's
 kept core as ``fused.py`` runs it (forward op with log-sum-exp, split views, merge; the backward op, the gradients
 stacked back into qkv's layout) against the Triton forward with log-sum-exp plus the two backward kernels in every
 tile config (checked against autograd through sdpa), and the one-tile backward where a group fits one tile.
@@ -113,9 +114,11 @@ def sweep() -> None:
 
 
 BACKWARD_SHAPES = [(784, 2, 8, 32), (784, 2, 2, 32), (784, 2, 1, 32), (196, 4, 4, 32), (196, 4, 1, 32)]
+# SReT-S's training shapes that run cuDNN (42-wide heads carried 48 wide; groups of 49 take the one-tile kernels)
+BACKWARD_SHAPES_S = [(784, 3, 8, 48), (784, 3, 2, 48), (784, 3, 1, 48), (196, 6, 1, 48)]
 
 
-def sweep_backward() -> None:
+def sweep_backward(shapes=BACKWARD_SHAPES) -> None:
     from sret.models import fused
     from sret.models import group_attention as GA
     from sret.models.attention import split_qkv
@@ -124,7 +127,7 @@ def sweep_backward() -> None:
     print(f"{'tokens':>6} {'heads':>5} {'groups':>6} {'n':>4} {'width':>5} {'cudnn us':>9} {'one tile us':>11} "
           f"{'best us':>8}  best (BLOCK_M, BLOCK_N, warps, stages)  [forward + backward]")
     entries = []
-    for tokens, heads, groups, width in BACKWARD_SHAPES:
+    for tokens, heads, groups, width in shapes:
         n = tokens // groups
         gen = torch.Generator(device="cuda").manual_seed(0)
         qkv = torch.randn(BATCH, tokens, 3 * heads * width, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -144,7 +147,8 @@ def sweep_backward() -> None:
             return torch.stack([fused._merge_heads(d, BATCH) for d in grads], dim=2)
 
         def triton_path(cfg):
-            o, lse = GA.group_attention(qkv, groups, heads, scale, config=GA._config(n, width) or cfg, keep_lse=True)
+            o, lse = GA.group_attention(qkv, groups, heads, scale, config=GA._config(n, width) or cfg or
+                                        GA.BACKWARD_TILES.get((n, width)), keep_lse=True)
             return GA.group_attention_backward(qkv, do, groups, heads, scale, o=o, lse=lse, config=cfg)
 
         def check(got, label):
@@ -156,7 +160,7 @@ def sweep_backward() -> None:
         check(cudnn(), "cudnn")
         cudnn_us = do_bench_cudagraph(cudnn) * 1e3
         one_us = None
-        if n <= 128:
+        if n <= 128 and GA._config(n, width) is not None:  # one tile: power-of-two head widths (run 33)
             check(triton_path(None), "one tile")
             one_us = do_bench_cudagraph(lambda: triton_path(None)) * 1e3
         best = (float("inf"), None)
@@ -188,12 +192,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sweep", action="store_true", help="time the Triton group attention's tile configs")
     parser.add_argument("--sweep-backward", action="store_true", help="the same for forward + backward")
+    parser.add_argument("--sret-s", action="store_true", help="with --sweep-backward: SReT-S's 48-wide shapes")
     args = parser.parse_args()
     if args.sweep:
         sweep()
         return
     if args.sweep_backward:
-        sweep_backward()
+        sweep_backward(BACKWARD_SHAPES_S if args.sret_s else BACKWARD_SHAPES)
         return
     print(torch.cuda.get_device_name(), torch.__version__)
     print(f"{'tokens':>6} {'heads':>5} {'groups':>6} {'n':>4} {'fwd us':>8} {'fwd+bwd us':>10} {'fwd TFLOP/s':>11}")
