@@ -49,8 +49,8 @@ from sret.models import fused
 
 hits = []
 plain_branch_grad = fused._branch_grad
-def counted(g, scale, dtype, order=None):
-    out = plain_branch_grad(g, scale, dtype, order)
+def counted(g, scale, dtype, order=None, width=None):
+    out = plain_branch_grad(g, scale, dtype, order, width)
     kept = getattr(g, fused._LOW_COPY, None)
     hits.append(kept is not None and out is kept[0])
     return out

@@ -126,7 +126,7 @@ def applies(x2: torch.Tensor, gw: torch.Tensor, w: torch.Tensor, b: torch.Tensor
     """Whether :func:`finish_sublayer` takes the sublayer of LayerNorm input ``x2`` (M, C): the kernels on and the
     layouts it reads (see there)."""
     C = x2.shape[-1]
-    return (_ln.fused_kernels_enabled(x2) and gw.dim() == 2 and gw.shape[0] == C == w.shape[0]
+    return (_ln.fused_kernels_enabled(x2) and gw.dim() == 2 and gw.shape[0] >= C == w.shape[0]
             and gw.shape[1] >= w.shape[1] and gw.stride(1) == 1 and w.is_contiguous() and b.is_contiguous()
             and dwb.dim() == 2 and dwb.shape[1] > C and dwb.stride(1) == 1)
 
@@ -144,8 +144,8 @@ def finish_sublayer(partial: torch.Tensor, counter: torch.Tensor, gw: torch.Tens
         partial: (4, C, P) float32, the LayerNorm backward's per-program column sums of d ln weight, d ln bias,
             ``g * x`` and ``g * s`` (``layernorm.ln_backward_partials`` with the residual and the gradient sum).
         counter: one int32, zero (that launch zeroes it), where the programs count themselves; left zero.
-        gw: (C, >= n_in) in the compute dtype, ``g_s^T a``: the projection's weight gradient before c2 (its first
-            n_in columns count, so a zero-padded activation width needs no slicing copy).
+        gw: (>= C, >= n_in) in the compute dtype, ``g_s^T a``: the projection's weight gradient before c2 (its
+            first C rows and n_in columns count, so a zero-padded gradient or activation needs no slicing copy).
         w, b: the projection's weight (C, n_in) and bias (C,).
         c1, c2: the residual's coefficients, one element each.
         dwb: (>= n_lin, > C) in the compute dtype, ``dz^T [LN(x), 1, 0...]``: the ``lin`` layer's weight gradient in

@@ -61,13 +61,14 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 # ---------------------------------------------------------------------------------------------- LayerNorm pieces
 def _layer_norm(x2: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, dtype: torch.dtype, triton: bool,
-                ones_column: bool = False):
+                ones_column: bool = False, width: Optional[int] = None):
     """``(LN(x2) in dtype, mean, rstd)``; Triton kernel on CUDA, the native op elsewhere.
 
-    ``ones_column`` (Triton only) appends a column of ones (and zero padding): see ``layernorm.ln_forward``.
+    ``ones_column`` (Triton only) appends a column of ones (and zero padding), ``width`` zero columns up to that
+    width: see ``layernorm.ln_forward``.
     """
     if triton:
-        return _ln.ln_forward(x2, w, b, eps, dtype, ones_column=ones_column)
+        return _ln.ln_forward(x2, w, b, eps, dtype, ones_column=ones_column, width=width)
     y, mean, rstd = torch.native_layer_norm(x2, (x2.shape[-1],), w, b, eps)
     return y.to(dtype), mean, rstd
 
@@ -108,7 +109,8 @@ def _triton_ln_backward(launch, gy: torch.Tensor, x2: torch.Tensor, w: torch.Ten
     """``launch`` (``layernorm.ln_backward`` or ``ln_backward_partials``) with the residual, the gradient sum and,
     with ``low``, dx's low-precision copy, which is then kept on dx (:func:`_keep_low_copy`): in the token order
     ``low`` names, if it names one. ``dy_rows``: see :func:`_layer_norm_backward`."""
-    copy = torch.empty(x2.shape, device=x2.device, dtype=low[0]) if low is not None else None
+    copy = torch.empty((x2.shape[0], low_copy_width(x2.shape[1])), device=x2.device, dtype=low[0]) \
+        if low is not None else None
     order = low[2] if low is not None else None  # (perm, inv_perm): the copy in perm's order
     out = launch(gy, x2, w, mean, rstd, g, coef, grad_sum=True, scale=scale, tokens=tokens, dx_low=copy,
                  dx_low_scale=low[1] if low else None, dy_rows=dy_rows,
@@ -120,6 +122,20 @@ def _triton_ln_backward(launch, gy: torch.Tensor, x2: torch.Tensor, w: torch.Ten
 
 def _use_triton(x: torch.Tensor) -> bool:
     return _ln.triton is not None and _ln.fast_layer_norm_available(x) and x.shape[-1] <= _ln._MAX_C
+
+
+def aligned_width(C: int) -> int:
+    """``C`` rounded up to a multiple of 8: the row width the kernel paths give a (tokens, C) GEMM operand or output
+    in the compute dtype, zero columns past C. cuBLAS runs GEMMs over rows that are not 16-byte aligned (SReT-S's 126
+    and 252 channels) on its sm_80 kernels at a fraction of the speed of the aligned ones (docs/perf_notes.md,
+    change 54)."""
+    return C + (-C % 8)
+
+
+def low_copy_width(C: int) -> int:
+    """The row width of the branch gradient's copy (:func:`_branch_grad`) on the kernel paths: :func:`aligned_width`
+    where the LayerNorm backward's tile covers it (C >= 8), else C."""
+    return aligned_width(C) if C >= 8 else C
 
 
 def _recompute_ln(x: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, eps: float, dtype: torch.dtype,
@@ -167,7 +183,8 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
     common order gives them), and only ``dz @ w``, (M, C), goes back to grid order: the LayerNorm backward reads
     its rows through ``inv_perm`` (on the Triton path; else a gather).
     ``xn``: the LayerNorm output from :func:`_recompute_ln` where the caller already has it; ``w16``: ``w`` in the
-    compute dtype where the forward kept it (its first ``w``-width columns are used, so it may be zero-padded).
+    compute dtype where the forward kept it (its first ``w``-width columns are used, so it may be zero-padded; all
+    of them where they are :func:`aligned_width` columns, and dz @ w16 then has aligned rows).
     ``low``: the copy of dx to make for the sublayer before (:func:`_low_copy_request`), or None.
     """
     B, N, C = x.shape
@@ -175,7 +192,10 @@ def _ln_linear_backward(dz: torch.Tensor, x: torch.Tensor, ln_w: torch.Tensor, l
     if xn is None:
         xn = _recompute_ln(x, ln_w, ln_b, eps, dtype, triton, perm)
     dwb = torch.mm(dz.t(), xn)  # (out, C) or, with the ones column, (out, C + pad)
-    dxn = torch.mm(dz, w.to(dtype) if w16 is None else w16[:, :C])
+    if w16 is not None and w16.shape[1] == aligned_width(C) > C:  # zero columns past C: dxn's rows 16-byte aligned
+        dxn = torch.mm(dz, w16)[:, :C]  # (M, C) view of (M, aligned_width(C)); the LayerNorm backward reads it so
+    else:
+        dxn = torch.mm(dz, w.to(dtype) if w16 is None else w16[:, :C])
     dy_rows = None
     if perm is not None and _GATHER_IN_KERNELS:  # dxn's rows in perm's order: the LayerNorm backward reads them so
         dy_rows = inv_perm
@@ -247,8 +267,8 @@ def _reshape_with_low_copy(grad: torch.Tensor, shape: tuple[int, ...]) -> torch.
     """``grad.view(shape)``, the low-precision copy (if any) carried over to the view."""
     out = grad.view(shape)
     kept = getattr(grad, _LOW_COPY, None)
-    if kept is not None and kept[1] == grad._version:
-        _keep_low_copy(out, kept[0].view(shape), kept[2], kept[3])
+    if kept is not None and kept[1] == grad._version:  # the copy's rows may be wider (zero columns past C)
+        _keep_low_copy(out, kept[0].view(*shape[:-1], kept[0].shape[-1]), kept[2], kept[3])
     return out
 
 
@@ -260,20 +280,25 @@ def _same_scale(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> bool:
 
 
 def _branch_grad(g: torch.Tensor, scale: Optional[torch.Tensor], dtype: torch.dtype,
-                 order: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 order: Optional[torch.Tensor] = None, width: Optional[int] = None) -> torch.Tensor:
     """``(g * scale).to(dtype)`` for g (B, N, C) and the per-sample ``scale`` (B,) or None, with each sample's tokens
-    in ``order`` if given: the copy the LayerNorm backward made where it is still valid for ``g`` and made with this
-    scale and order, else computed here."""
+    in ``order`` if given, ``width`` (>= C) columns wide with zeros past C: the copy the LayerNorm backward made where
+    it is still valid for ``g`` and made with this scale, order and width, else computed here."""
+    B, N, C = g.shape
+    width = width or C
     kept = getattr(g, _LOW_COPY, None)
     if kept is not None:
         low, version, low_scale, low_order = kept
-        if version == g._version and low.dtype == dtype and low.shape == g.shape and _same_scale(low_scale, scale):
+        if (version == g._version and low.dtype == dtype and low.shape == (B, N, width)
+                and _same_scale(low_scale, scale)):
             if _same_scale(low_order, order):
                 return low
             if low_order is None:  # made in grid order: gathered here
                 return low.index_select(1, order)
-    g_s = g if scale is None else g * scale.view(g.shape[0], 1, 1)
+    g_s = g if scale is None else g * scale.view(B, 1, 1)
     g_s = g_s.to(dtype)
+    if width > C:
+        g_s = F.pad(g_s, (0, width - C))
     return g_s if order is None else g_s.index_select(1, order)  # cast first: half the bytes to gather
 
 
@@ -321,10 +346,12 @@ def _operand_cast(share: Optional[tuple]):
 def _projection_input_grad(g16: torch.Tensor, w: torch.Tensor, c2: Optional[torch.Tensor], dtype: torch.dtype,
                            share: Optional[tuple] = None, width: Optional[int] = None):
     """``da = g_s @ (c2 * w)`` for ``g16``, d out in the compute dtype (the first half of :func:`_projection_grads`);
-    ``width``: w zero-padded to that many columns first (a padded activation's)."""
-    ws = _operand_cast(share)(w, c2, dtype, width)  # one launch on CUDA, the padding included
+    ``width``: w zero-padded to that many columns first (a padded activation's); w gets zero rows where g16 is
+    wider than w's outputs (a zero-padded gradient, :func:`_branch_grad`)."""
+    rows = g16.shape[1]
+    ws = _operand_cast(share)(w, c2, dtype, width, rows)  # one launch on CUDA, the padding included
     if ws is None:
-        w = F.pad(w, (0, width - w.shape[1])) if width and width > w.shape[1] else w
+        w = F.pad(w, (0, max(0, (width or 0) - w.shape[1]), 0, rows - w.shape[0]))
         ws = (w * c2 if c2 is not None else w).to(dtype)
     return torch.mm(g16, ws)
 
@@ -339,8 +366,8 @@ def _finish_projection(gw: torch.Tensor, gb: torch.Tensor, w: torch.Tensor, b: t
                        c2: Optional[torch.Tensor]):
     """``(dw, db, dc2)`` of ``out += c2 * (a @ w.T + b)`` from ``gw = g_s^T a`` and ``gb = sum g_s``.
 
-    ``gw`` may be wider than ``w`` (zero padding columns of a padded activation): its first ``w.shape[1]`` columns
-    count. ``dc2 = sum(g_s * (a w^T + b)) = <w, gw> + <b, gb>`` reuses the weight gradient's product instead of
+    ``gw`` may be larger than ``w`` (zero padding columns of a padded activation, zero rows of a padded gradient):
+    its first ``w.shape[0]`` rows and ``w.shape[1]`` columns count. ``dc2 = sum(g_s * (a w^T + b)) = <w, gw> + <b, gb>`` reuses the weight gradient's product instead of
     saving the branch output and reducing over every token. On CUDA one Triton kernel does it all
     (``sublayer_kernels.finish_projection``).
     """
@@ -348,7 +375,7 @@ def _finish_projection(gw: torch.Tensor, gb: torch.Tensor, w: torch.Tensor, b: t
         fused = _kernels.finish_projection(gw, gb, w, b, c2)
         if fused is not None:
             return fused
-    gw = gw[:, :w.shape[1]].to(w.dtype)
+    gw = gw[:w.shape[0], :w.shape[1]].to(w.dtype)
     if c2 is None:
         return gw.contiguous(), gb, None
     dc2 = (torch.dot(w.reshape(-1), gw.reshape(-1)) + torch.dot(b, gb)).reshape(1)
@@ -395,7 +422,8 @@ class _MlpResidual(torch.autograd.Function):
             w1 = F.pad(w1, (0, 0, 0, width - hidden))
         # gelu(h) is recomputed (saving it would double the MLP's saved bytes); d fc2-input first, then the
         # activation and its gradient in one pass over h where the kernels run
-        g16 = _branch_grad(g, scale, dtype).view(B * N, C)  # d out / d (c2 * branch)
+        # d out / d (c2 * branch), aligned rows on the kernel paths (zero columns past C)
+        g16 = _branch_grad(g, scale, dtype, width=low_copy_width(C) if triton else C).view(B * N, -1)
         # the d fc2-input GEMM with the activation pass as its epilogue (tuned shapes), else the two launches
         share = getattr(ctx, "share", None)
         # pads W2 in its operand's cast (made once for all applications of a shared block)
@@ -420,6 +448,37 @@ class _MlpResidual(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------------------- the attention sublayer
+def _attention_operands(wqkv: torch.Tensor, bqkv: torch.Tensor, wp: torch.Tensor, bp: torch.Tensor, heads: int,
+                        width: int, cp: int, dtype: torch.dtype):
+    """``(wqkv_e, wp_e, wqkv16, bqkv16, wp16, bp16)``: the qkv and proj parameters with every head carried ``width``
+    wide (:func:`_pad_heads`; as they are with ``width`` 0), then in the compute dtype, the GEMMs' operands. With
+    ``cp`` > C (:func:`aligned_width`) wqkv16 gets zero columns and wp16, bp16 zero rows up to cp: the GEMMs read and
+    write tokens cp wide. Made once per stage forward for a shared block (``shared_weights``)."""
+    return shared_weights.memoized(lambda: _attention_operands_now(wqkv, bqkv, wp, bp, heads, width, cp, dtype),
+                                   (wqkv, bqkv, wp, bp), "attention", heads, width, cp, dtype)
+
+
+def _attention_operands_now(wqkv, bqkv, wp, bp, heads, width, cp, dtype):
+    C = wp.shape[0]
+    if width:
+        wqkv_e = _pad_heads(wqkv, heads, C // heads, width)  # (3 * heads * width, C), zero rows in the padding
+        bqkv_e = _pad_heads(bqkv, heads, C // heads, width)
+        wp_e = _pad_heads(wp.t(), heads, C // heads, width).t()  # (C, heads * width), zero columns there
+    else:
+        wqkv_e, bqkv_e, wp_e = wqkv, bqkv, wp
+    if cp == C:  # one launch on CUDA
+        cast = _kernels.cast_parameters((wqkv_e, bqkv_e, wp_e, bp), dtype)
+        return (wqkv_e, wp_e, *(cast or (t.to(dtype) for t in (wqkv_e, bqkv_e, wp_e, bp))))
+    wp_c = wp_e.contiguous()
+    padded = [_kernels.scaled_cast(wqkv_e, None, dtype, cp), _kernels.scaled_cast(wp_c, None, dtype, None, cp),
+              _kernels.scaled_cast(bp.view(1, C), None, dtype, cp)]
+    if any(t is None for t in padded):  # the kernels off: the PyTorch ops
+        padded = [F.pad(wqkv_e, (0, cp - C)).to(dtype), F.pad(wp_c, (0, 0, 0, cp - C)).to(dtype),
+                  F.pad(bp, (0, cp - C)).to(dtype)]
+    wqkv16, wp16, bp16 = padded
+    return wqkv_e, wp_c, wqkv16, bqkv_e.to(dtype), wp16, bp16.view(cp)
+
+
 def _pad_heads(t: torch.Tensor, heads: int, head_dim: int, width: int) -> torch.Tensor:
     """Rows of ``t`` (parts * heads * head_dim, ...), grouped by head, each head zero-padded to ``width`` rows."""
     rest = t.shape[1:]
@@ -531,23 +590,17 @@ class _AttnResidual(torch.autograd.Function):
         # the branch back through the inverse, so the shuffle and un-shuffle cost no passes of their own. In training
         # q/k/v are saved in that order and the backward stays in it (see ``backward``).
         shuffle_in_kernels = perm is not None and triton
-        if width:
-            wqkv_e = _pad_heads(wqkv, heads, C // heads, width)  # (3 * heads * width, C), zero rows in the padding
-            bqkv_e = _pad_heads(bqkv, heads, C // heads, width)
-            wp_e = _pad_heads(wp.t(), heads, C // heads, width).t()  # (C, heads * width), zero columns there
-        else:
-            wqkv_e, bqkv_e, wp_e = wqkv, bqkv, wp
+        # on the kernel paths the tokens' GEMM operands and outputs are carried cp wide (zero columns past C)
+        cp = aligned_width(C) if triton else C
+        wqkv_e, wp_e, wqkv16, bqkv16, wp16, bp16 = _attention_operands(wqkv, bqkv, wp, bp, heads, width, cp, dtype)
         x2 = x.reshape(B * N, C)
         with torch.autocast(x.device.type, enabled=False):
             if shuffle_in_kernels:
-                # (B*N, C), shuffled order; in training the statistics in grid order, where the backward uses them
-                xn, mean, rstd = _ln.ln_forward(x2, ln_w, ln_b, eps, dtype, rows=perm,
+                # (B*N, cp), shuffled order; in training the statistics in grid order, where the backward uses them
+                xn, mean, rstd = _ln.ln_forward(x2, ln_w, ln_b, eps, dtype, width=cp, rows=perm,
                                                 stats_in_input_order=training and _GATHER_IN_KERNELS)
             else:
-                xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)
-            # the GEMMs' operands, one launch on CUDA; wqkv16 and bqkv16 are kept for backward: no second cast there
-            cast = _kernels.cast_parameters((wqkv_e, bqkv_e, wp_e, bp), dtype)
-            wqkv16, bqkv16, wp16, bp16 = cast or (t.to(dtype) for t in (wqkv_e, bqkv_e, wp_e, bp))
+                xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton, width=cp)
             qkv = torch.addmm(bqkv16, xn, wqkv16.t()).view(B, N, -1)  # (B, N, 3 * heads * D)
             backend = grouped = None
             if sdpa and (perm is None or shuffle_in_kernels):
@@ -571,7 +624,7 @@ class _AttnResidual(torch.autograd.Function):
                 o = attend(qkv, None, None).reshape(B * N, -1)  # (B*N, heads * D), still shuffled
             else:
                 o = attend(qkv, perm, inv_perm).reshape(B * N, -1)  # (B*N, heads * D), grid token order
-            y = torch.addmm(bp16, o, wp16.t()).view(B, N, C)
+            y = torch.addmm(bp16, o, wp16.t()).view(B, N, cp)[..., :C]  # (B, N, C) view of the cp-wide rows
             if shuffle_in_kernels:
                 out = _kernels.residual_forward(x, y, c1, c2, scale, y_rows=inv_perm)  # grid order again
             else:
@@ -608,21 +661,21 @@ class _AttnResidual(torch.autograd.Function):
         share = getattr(ctx, "share", None)  # the gradient hand-over of a shared block's applications
         shuffled = ctx.shuffled  # q/k/v in the shuffled token order: the whole branch stays in it
         # d out / d (c2 * branch), what the projection's GEMMs take; shuffled: in the same token order
-        g_s = _branch_grad(g, scale, dtype, perm if shuffled else None)
+        g_s = _branch_grad(g, scale, dtype, perm if shuffled else None, low_copy_width(C) if triton else C)
         xn = None
         if backend == "triton":  # q/k/v recomputed (one GEMM), then one or two launches from (q/k/v, do) to d qkv
             bqkv16, o, lse = core
             xn = _recompute_ln(x, ln_w, ln_b, ctx.eps, dtype, triton, perm if shuffled else None)
-            qkv = torch.addmm(bqkv16, xn[:, :C], wqkv16.t()).view(B, N, -1)
-            do, gwp = _projection_grads(g_s.view(B * N, C), o, wp_e, c2, dtype, share)
+            qkv = torch.addmm(bqkv16, xn[:, :wqkv16.shape[1]], wqkv16.t()).view(B, N, -1)  # ones column x 0
+            do, gwp = _projection_grads(g_s.view(B * N, -1), o, wp_e, c2, dtype, share)
             dqkv = group_attention_backward(qkv, do.view(B, N, -1), ctx.groups, heads, ctx.attn_scale,
                                             o=o.view(B, N, -1), lse=lse)
         elif backend is not None:  # the kept core: q/k/v recomputed (one GEMM), the fused kernel's own backward
             bqkv16, o4, lse, seed, offset = core
             xn = _recompute_ln(x, ln_w, ln_b, ctx.eps, dtype, triton, perm if shuffled else None)
-            qkv = torch.addmm(bqkv16, xn[:, :C], wqkv16.t()).view(B, N, -1)
+            qkv = torch.addmm(bqkv16, xn[:, :wqkv16.shape[1]], wqkv16.t()).view(B, N, -1)  # ones column x 0
             q, k, v = split_qkv(qkv, ctx.groups, heads)  # (B*G, heads, n, D) views
-            do, gwp = _projection_grads(g_s.view(B * N, C), _merge_heads(o4, B).reshape(B * N, -1), wp_e, c2, dtype,
+            do, gwp = _projection_grads(g_s.view(B * N, -1), _merge_heads(o4, B).reshape(B * N, -1), wp_e, c2, dtype,
                                         share)
             BG, H, n, D = o4.shape
             do4 = do.view(B, BG // B, n, H, D).permute(0, 1, 3, 2, 4).reshape(BG, H, n, D)  # a view, like o4
@@ -635,7 +688,7 @@ class _AttnResidual(torch.autograd.Function):
                 qkv_in = qkv.detach().requires_grad_(True)
                 # (B, N, heads * D), recomputed; shuffled: already grouped in shuffled order, no gathers
                 o = ctx.attend(qkv_in, None, None) if shuffled else ctx.attend(qkv_in, perm, inv_perm)
-            do, gwp = _projection_grads(g_s.view(B * N, C), o.detach().reshape(B * N, -1), wp_e, c2, dtype, share)
+            do, gwp = _projection_grads(g_s.view(B * N, -1), o.detach().reshape(B * N, -1), wp_e, c2, dtype, share)
             (dqkv,) = torch.autograd.grad(o, qkv_in, do.view(B, N, -1))
         if width:  # the projection's weight gradient back to the parameter's shape: drop the padding columns
             gwp = _unpad_heads(gwp.t(), heads, width, C // heads).t()

@@ -95,9 +95,13 @@ if triton is not None:
             tl.store(Mean + rows, mean, mask=rmask)
             tl.store(Rstd + rows, rstd, mask=rmask)
 
-    @triton.jit
+    # DY_STRIDE and LOW_W are not specialised: Triton would otherwise see SReT-S's padded widths (128, 256)
+    # divisible by 16 and lay the tile out for wider accesses of dy than of x (126, 252 channels), which cost 252
+    # channels 2x (90 -> 173 us a call, run 101, benchmarks/ln_backward_stride.py); not specialised, the code and
+    # dx's bits are those of contiguous rows.
+    @triton.jit(do_not_specialize=["DY_STRIDE", "LOW_W"])
     def _ln_bwd(X, DY, DX, DX_LOW, S_LOW, W, Mean, Rstd, DW, DB, G, C1, GX, GS, S, ZERO, IDX, M, C, N_TOK,
-                num_tiles, HAS_RES: tl.constexpr, HAS_GSUM: tl.constexpr, HAS_SCALE: tl.constexpr,
+                DY_STRIDE, LOW_W, num_tiles, HAS_RES: tl.constexpr, HAS_GSUM: tl.constexpr, HAS_SCALE: tl.constexpr,
                 HAS_LOW: tl.constexpr, LOW_SCALE: tl.constexpr, DY_IDX: tl.constexpr, LOW_IDX: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC2D: tl.constexpr):
         # Each program walks tiles pid, pid + P, ... and keeps its own dW/dB partial sums (reduced by the caller),
@@ -111,6 +115,8 @@ if triton is not None:
         # the counter of the launch that may finish the sums (``backward_finish.py``), zeroed without a launch.
         # DY_IDX / LOW_IDX: DY is read, DX_LOW written, with each sample's tokens in another order: the row of token
         # j is (row // N_TOK) * N_TOK + IDX[j] there (the sliced attention's shuffle, gathered inside the pass).
+        # DY's rows are DY_STRIDE apart (>= C: the GEMM that makes dy may write zero-padded, 16-byte aligned rows);
+        # DX_LOW's rows are LOW_W wide (C <= LOW_W <= BLOCK_C), zeros past C: the GEMMs that read it get aligned rows.
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
         if pid == 0:
@@ -136,11 +142,11 @@ if triton is not None:
             x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
             if DY_IDX or LOW_IDX:  # the rows of this tile's tokens in the other order
                 prow = (rows // N_TOK) * N_TOK + tl.load(IDX + rows % N_TOK, mask=rmask, other=0)
-                poffs = prow[:, None].to(tl.int64) * C + cols[None, :]
             if DY_IDX:
-                dy = tl.load(DY + poffs, mask=mask, other=0.0).to(tl.float32)
+                dy = tl.load(DY + prow[:, None].to(tl.int64) * DY_STRIDE + cols[None, :], mask=mask, other=0.0)
             else:
-                dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+                dy = tl.load(DY + rows[:, None].to(tl.int64) * DY_STRIDE + cols[None, :], mask=mask, other=0.0)
+            dy = dy.to(tl.float32)
             mean = tl.load(Mean + rows, mask=rmask, other=0.0)
             rstd = tl.load(Rstd + rows, mask=rmask, other=0.0)
             xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
@@ -167,10 +173,12 @@ if triton is not None:
                 low = dx.to(DX.dtype.element_ty)
                 if LOW_SCALE:
                     low = low * tl.load(S_LOW + rows // N_TOK, mask=rmask, other=0.0).to(DX.dtype.element_ty)[:, None]
+                low = tl.where(cmask[None, :], low, 0.0).to(DX_LOW.dtype.element_ty)  # zeros from C to LOW_W
+                lmask = rmask[:, None] & (cols < LOW_W)[None, :]
                 if LOW_IDX:
-                    tl.store(DX_LOW + poffs, low.to(DX_LOW.dtype.element_ty), mask=mask)
+                    tl.store(DX_LOW + prow[:, None].to(tl.int64) * LOW_W + cols[None, :], low, mask=lmask)
                 else:
-                    tl.store(DX_LOW + offs, low.to(DX_LOW.dtype.element_ty), mask=mask)
+                    tl.store(DX_LOW + rows[:, None].to(tl.int64) * LOW_W + cols[None, :], low, mask=lmask)
             if ACC2D:
                 dw_acc += dy * xhat
                 db_acc += dy
@@ -267,9 +275,11 @@ def ln_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, mean:
     ``c1``, ``dx`` also carries ``c1 * g`` and ``dc1 = sum(g * x)``; otherwise ``dc1`` is None. With ``grad_sum``
     (needs ``residual_grad``) ``gsum`` is the column sum of ``g``, each row times ``scale[row // tokens]`` if
     ``scale`` (B,) is given; otherwise None. ``config`` overrides :func:`backward_config` (for the tile sweep,
-    ``benchmarks/sweep_ln_backward.py``). ``dx_low`` (M, C), contiguous, in a lower-precision dtype: also gets ``dx``,
+    ``benchmarks/sweep_ln_backward.py``). ``dy2`` may have rows further apart than C (a view of the first C columns
+    of zero-padded rows). ``dx_low`` (M, C'), contiguous, in a lower-precision dtype: also gets ``dx``,
     rounded to its dtype, in the same pass: exactly ``dx.to(dx_low.dtype)``, or with ``dx_low_scale`` (B,) exactly
-    ``(dx * dx_low_scale[row // tokens]).to(dx_low.dtype)``.
+    ``(dx * dx_low_scale[row // tokens]).to(dx_low.dtype)``, in its first C columns; C' may exceed C up to the next
+    power of 2, and the columns past C get zeros (16-byte aligned rows for the GEMMs that read the copy).
 
     ``dy_rows`` and ``dx_low_rows`` (int64, a position for each of the ``tokens`` tokens of a sample) put ``dy2``'s
     rows, and those written to ``dx_low``, in another order: token j of sample b is row ``b * tokens + idx[j]``
@@ -298,8 +308,13 @@ def ln_backward_partials(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tens
     own (``backward_finish.py``, which counts its programs in ``counter``) saves the two reductions
     :func:`ln_backward` adds, and zeroing the counter costs no launch either."""
     M, C = x2.shape
-    if dx_low is not None and (dx_low.shape != (M, C) or not dx_low.is_contiguous()):
-        raise ValueError(f"ln_backward: dx_low must be a contiguous ({M}, {C}) tensor, got {tuple(dx_low.shape)}")
+    if dy2.shape != (M, C) or dy2.stride(1) != 1 or dy2.stride(0) < C:
+        raise ValueError(f"ln_backward: dy must be ({M}, {C}) with unit column stride, got {tuple(dy2.shape)} with "
+                         f"strides {dy2.stride()}")
+    if dx_low is not None and (dx_low.dim() != 2 or dx_low.shape[0] != M
+                               or not C <= dx_low.shape[1] <= next_power_of_2(C) or not dx_low.is_contiguous()):
+        raise ValueError(f"ln_backward: dx_low must be a contiguous ({M}, C') tensor, {C} <= C' <= "
+                         f"{next_power_of_2(C)}, got {tuple(dx_low.shape)}")
     if dx_low_rows is not None and dx_low is None:
         raise ValueError("ln_backward: dx_low_rows needs dx_low")
     idx = dy_rows if dy_rows is not None else dx_low_rows
@@ -331,9 +346,9 @@ def ln_backward_partials(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tens
         x2, dy2, dx, dx_low if dx_low is not None else dx, dx_low_scale if dx_low_scale is not None else weight,
         weight, mean, rstd, dw, db, residual_grad if has_res else x2, c1 if has_res else weight, gx, gs,
         scale if scale is not None else weight, counter, idx if idx is not None else counter, M, C, tokens,
-        num_tiles, HAS_RES=has_res, HAS_GSUM=grad_sum, HAS_SCALE=scale is not None, HAS_LOW=dx_low is not None,
-        LOW_SCALE=dx_low_scale is not None, DY_IDX=dy_rows is not None, LOW_IDX=dx_low_rows is not None,
-        BLOCK_M=block_m, BLOCK_C=block_c, ACC2D=acc2d, num_warps=warps)
+        dy2.stride(0), dx_low.shape[1] if dx_low is not None else C, num_tiles, HAS_RES=has_res, HAS_GSUM=grad_sum, HAS_SCALE=scale is not None,
+        HAS_LOW=dx_low is not None, LOW_SCALE=dx_low_scale is not None, DY_IDX=dy_rows is not None,
+        LOW_IDX=dx_low_rows is not None, BLOCK_M=block_m, BLOCK_C=block_c, ACC2D=acc2d, num_warps=warps)
     return dx, partial, counter
 
 

@@ -151,8 +151,9 @@ if triton is not None:
             tl.store(RSTD + rows, rstd, mask=rmask)
 
     @triton.jit
-    def _residual_fwd(X, Y, C1, K, OUT, IDX, M, C, N_TOK, HAS_C1: tl.constexpr, K_PER_SAMPLE: tl.constexpr,
-                      HAS_IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _residual_fwd(X, Y, C1, K, OUT, IDX, M, C, N_TOK, Y_STRIDE, HAS_C1: tl.constexpr,
+                      K_PER_SAMPLE: tl.constexpr, HAS_IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+        # y's rows are Y_STRIDE apart (>= C: the GEMM that makes y may write zero-padded, 16-byte aligned rows)
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.arange(0, BLOCK_C)
         rmask = rows < M
@@ -162,7 +163,7 @@ if triton is not None:
         yrows = rows.to(tl.int64)
         if HAS_IDX:  # y row of token r: (r // N) * N + IDX[r % N] (y is in another token order)
             yrows = (yrows // N_TOK) * N_TOK + tl.load(IDX + rows % N_TOK, mask=rmask, other=0).to(tl.int64)
-        y = tl.load(Y + yrows[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(Y + yrows[:, None] * Y_STRIDE + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         out = _residual_tile(x, y, C1, K, rows, rmask, N_TOK, HAS_C1, K_PER_SAMPLE)
         tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
@@ -541,25 +542,26 @@ def saved_hidden_width(C: int, H: int) -> int:
 
 def da_gelu_and_grad(g16: torch.Tensor, w2: torch.Tensor, c2: Optional[torch.Tensor], h: torch.Tensor,
                      config: Optional[tuple[int, int, int, int, int]] = None, cast=None):
-    """``(gelu(h), gelu'(h) * (g16 @ (c2 * w2)))`` in one launch for g16 (M, C) in the compute dtype, fc2's weight
-    w2 (C, H <= HW; zero columns up to HW implied) and h (M, HW): the MLP backward's d fc2-input GEMM with the
-    activation pass as its epilogue, so the (M, HW) gradient of the activation is never written and read back.
-    ``config`` overrides :data:`DA_GELU_TILES`; ``cast`` (called as :func:`scaled_cast`, the default) makes W2's
-    operand. None where the kernels do not apply or the shape is not in the table (the caller runs mm +
-    :func:`gelu_and_grad`)."""
-    M, C = g16.shape
+    """``(gelu(h), gelu'(h) * (g16 @ (c2 * w2)))`` in one launch for g16 (M, C') in the compute dtype, fc2's weight
+    w2 (C <= C', H <= HW; zero rows up to C' and columns up to HW implied: g16 may carry zero columns past C) and h
+    (M, HW): the MLP backward's d fc2-input GEMM with the activation pass as its epilogue, so the (M, HW) gradient of
+    the activation is never written and read back. ``config`` overrides :data:`DA_GELU_TILES` (keyed on C);
+    ``cast`` (called as :func:`scaled_cast`, the default) makes W2's operand. None where the kernels do not apply or
+    the shape is not in the table (the caller runs mm + :func:`gelu_and_grad`)."""
+    M, CP = g16.shape
     HW = h.shape[1]
-    config = config or DA_GELU_TILES.get((C, HW))
-    if (config is None or not _ln.fused_kernels_enabled(h) or g16.dtype != h.dtype or w2.shape[0] != C
+    config = config or DA_GELU_TILES.get((w2.shape[0], HW))
+    if (config is None or not _ln.fused_kernels_enabled(h) or g16.dtype != h.dtype or w2.shape[0] > CP
             or w2.shape[1] > HW or h.shape[0] != M or not (g16.is_contiguous() and h.is_contiguous())):
         return None
-    w = (cast or scaled_cast)(w2, c2, h.dtype, HW)  # as the unfused mm's operand, zero columns up to h's width
+    w = (cast or scaled_cast)(w2, c2, h.dtype, HW, CP)  # as the unfused mm's operand, zeros up to (CP, HW)
     if w is None:
-        w = F.pad((w2 * c2 if c2 is not None else w2).to(h.dtype), (0, HW - w2.shape[1])).contiguous()
+        w = F.pad((w2 * c2 if c2 is not None else w2).to(h.dtype),
+                  (0, HW - w2.shape[1], 0, CP - w2.shape[0])).contiguous()
     block_m, block_n, block_k, warps, stages = config
     a, dh = torch.empty_like(h), torch.empty_like(h)
     launchable(_da_gelu_bwd)[(cdiv(M, block_m), cdiv(HW, block_n))](
-        g16, w, h, a, dh, M, C, HW, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        g16, w, h, a, dh, M, CP, HW, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
         num_stages=stages)
     return a, dh
 
@@ -569,11 +571,15 @@ def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale,
     """``c1 * x + c2 * s * y`` (x float32 or lower, y in the compute dtype) in one pass, or None off CUDA.
 
     ``y_rows`` (N,) int64: y holds each sample's tokens in another order, token ``i`` of x pairs with row
-    ``y_rows[i]`` of y (the inverse of the permutation that made y's order).
+    ``y_rows[i]`` of y (the inverse of the permutation that made y's order). y's rows may lie further apart than C
+    (a view of the first C columns of zero-padded rows).
     """
     if not _ln.fused_kernels_enabled(x):
         return None
     B, N, C = x.shape
+    if y.shape != x.shape or y.stride(2) != 1 or y.stride(1) < C or y.stride(0) != N * y.stride(1):
+        raise ValueError(f"residual_forward: y must be rows of {tuple(x.shape)} tokens, got {tuple(y.shape)} with "
+                         f"strides {y.stride()}")
     if y_rows is not None and (y_rows.numel() != N or y_rows.dtype != torch.int64):
         raise ValueError(f"residual_forward: y_rows must be an int64 permutation of the {N} tokens")
     out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
@@ -582,7 +588,7 @@ def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale,
     block_m = max(1, 4096 // block_c)
     M = B * N
     launchable(_residual_fwd)[(cdiv(M, block_m),)](
-        x, y, c1 if c1 is not None else k, k, out, y_rows if y_rows is not None else k, M, C, N,
+        x, y, c1 if c1 is not None else k, k, out, y_rows if y_rows is not None else k, M, C, N, y.stride(1),
         HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, HAS_IDX=y_rows is not None, BLOCK_M=block_m,
         BLOCK_C=block_c, num_warps=4)
     return out
@@ -590,13 +596,13 @@ def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale,
 
 def finish_projection(gw: torch.Tensor, gb: torch.Tensor, w: torch.Tensor, b: torch.Tensor, c2: torch.Tensor):
     """``(dw, db, dc2)`` of ``out += c2 * (a @ w.T + b)`` in two launches, from the weight-gradient GEMM's output
-    ``gw`` (n_out, >= n_in) as it came out (compute dtype, any strides: only its first n_in = w.shape[1] columns are
-    read, so a zero-padded width needs no slicing copy) and ``gb`` = sum of d out (n_out,). Replaces a cast, two dot
+    ``gw`` (>= n_out, >= n_in) as it came out (compute dtype, any strides: only its first n_out = w.shape[0] rows and
+    n_in = w.shape[1] columns are read, so zero padding needs no slicing copy) and ``gb`` = sum of d out (n_out,). Replaces a cast, two dot
     products, an add and a multiply (five launches a sublayer, each a few microseconds of a ~28 ms training step at
     SReT-T's sizes). ``dc2`` is summed over per-program partials in a fixed order: deterministic. None where the
     kernels do not apply (the caller runs the PyTorch ops)."""
     n_out, n_in = w.shape
-    if not _ln.fused_kernels_enabled(gw) or gw.dim() != 2 or gw.shape[0] != n_out or gw.shape[1] < n_in \
+    if not _ln.fused_kernels_enabled(gw) or gw.dim() != 2 or gw.shape[0] < n_out or gw.shape[1] < n_in \
             or not (w.is_contiguous() and b.is_contiguous() and gb.is_contiguous()):
         return None
     block = 2048
