@@ -4,7 +4,8 @@ One panel per bench (inference, training); SReT models and timm models in differ
 compiled runs hollow, CUDA-graph replays of the eager step (``--cuda-graph``) as small diamonds; SReT-T's
 explicit-attention baseline (``attn_impl="math"``) as a cross. Lines of equal
 MAC throughput (TMAC/s) through DeiT-Tiny's eager point show the per-MAC comparison of issue 3: a model above the
-line does more useful work per second than DeiT-Tiny.
+line does more useful work per second than DeiT-Tiny. ``--graph-only``: the CUDA-graph rows alone, drawn as the main
+points, with the line through DeiT-Tiny's graph point (for a call whose eager half drew a slow host).
 
     python benchmarks/plot_throughput.py benchmarks/results/h100_run2_after.json docs/img/throughput_vs_gmacs.png
 """
@@ -31,16 +32,18 @@ def label(row: dict) -> str:
     return name
 
 
-def plot(results: list[dict], env: dict, out: Path) -> None:
+def plot(results: list[dict], env: dict, out: Path, graph_only: bool = False) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    modes = ("eager+cudagraph",) if graph_only else ("eager", "compile", "eager+cudagraph")
+    ref_mode = "eager+cudagraph" if graph_only else "eager"
     for ax, bench in zip(axes, ("infer", "train")):
         rows = [r for r in results if r["bench"] == bench and r["samples_per_s"] and not r.get("error")
-                and not r["channels_last"] and r["mode"] in ("eager", "compile", "eager+cudagraph")]
+                and not r["channels_last"] and r["mode"] in modes]
         for r in rows:
             sret = r["model"].startswith("sret")
             color = "tab:red" if sret else "tab:blue"
             compiled = r["mode"] == "compile"
-            graph = r["mode"] == "eager+cudagraph"
+            graph = r["mode"] == "eager+cudagraph" and not graph_only
             marker = "x" if r["attn_impl"] == "math" else ("o" if sret else "s")
             if graph:  # the eager step's GPU time (CUDA-graph replay): a small diamond, no label
                 ax.scatter(r["gmacs"], r["samples_per_s"], s=25, marker="d", color=color, alpha=0.5, zorder=2)
@@ -53,11 +56,12 @@ def plot(results: list[dict], env: dict, out: Path) -> None:
                            zorder=3)
             ax.annotate(label(r) + (" [compiled]" if compiled else ""), (r["gmacs"], r["samples_per_s"]),
                         textcoords="offset points", xytext=(5, 4), fontsize=7)
-        ref = [r for r in rows if r["model"] == "deit_tiny_patch16_224" and r["mode"] == "eager"]
+        ref = [r for r in rows if r["model"] == "deit_tiny_patch16_224" and r["mode"] == ref_mode]
         if ref:
             tmacs = ref[0]["samples_per_s"] * ref[0]["gmacs"]
             xs = np.linspace(0.5, 5.0, 50)
-            ax.plot(xs, tmacs / xs, "--", color="gray", lw=1, label="same MAC/s as DeiT-Ti (eager)")
+            ax.plot(xs, tmacs / xs, "--", color="gray", lw=1,
+                    label=f"same MAC/s as DeiT-Ti ({'CUDA graph' if graph_only else 'eager'})")
             ax.legend(loc="upper right", fontsize=8)
         ax.set_xlabel("GMACs per image (fvcore convention)")
         ax.set_ylabel("images / s")
@@ -65,10 +69,10 @@ def plot(results: list[dict], env: dict, out: Path) -> None:
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
     batch = results[0]["batch_size"] if results else "?"
+    key = ("every step replayed as a CUDA graph (GPU time, no host)" if graph_only else
+           "filled: eager, hollow: torch.compile, small diamonds: eager step replayed as a CUDA graph (GPU time)")
     fig.suptitle(f"{env.get('device', '?')}, torch {env.get('torch', '?')}, batch {batch}, 224 px, bf16 autocast "
-                 f"({env.get('date', '')[:10]})\nred: SReT, blue: timm; filled: eager, hollow: torch.compile, "
-                 f"small diamonds: eager step replayed as a CUDA graph (GPU time)",
-                 fontsize=9)
+                 f"({env.get('date', '')[:10]})\nred: SReT, blue: timm; {key}", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=130)
@@ -78,9 +82,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path)
     parser.add_argument("out", type=Path)
+    parser.add_argument("--graph-only", action="store_true", help="the CUDA-graph rows alone (see above)")
     args = parser.parse_args()
     data = json.loads(args.results.read_text())
-    plot(data["results"], data.get("environment", {}), args.out)
+    plot(data["results"], data.get("environment", {}), args.out, args.graph_only)
     print(f"wrote {args.out}")
 
 
