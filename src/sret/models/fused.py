@@ -367,9 +367,9 @@ def _finish_projection(gw: torch.Tensor, gb: torch.Tensor, w: torch.Tensor, b: t
     """``(dw, db, dc2)`` of ``out += c2 * (a @ w.T + b)`` from ``gw = g_s^T a`` and ``gb = sum g_s``.
 
     ``gw`` may be larger than ``w`` (zero padding columns of a padded activation, zero rows of a padded gradient):
-    its first ``w.shape[0]`` rows and ``w.shape[1]`` columns count. ``dc2 = sum(g_s * (a w^T + b)) = <w, gw> + <b, gb>`` reuses the weight gradient's product instead of
-    saving the branch output and reducing over every token. On CUDA one Triton kernel does it all
-    (``sublayer_kernels.finish_projection``).
+    its first ``w.shape[0]`` rows and ``w.shape[1]`` columns count. ``dc2 = sum(g_s * (a w^T + b)) = <w, gw> +
+    <b, gb>`` reuses the weight gradient's product instead of saving the branch output and reducing over every token.
+    On CUDA one Triton kernel does it all (``sublayer_kernels.finish_projection``).
     """
     if c2 is not None:
         fused = _kernels.finish_projection(gw, gb, w, b, c2)

@@ -346,9 +346,10 @@ def ln_backward_partials(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tens
         x2, dy2, dx, dx_low if dx_low is not None else dx, dx_low_scale if dx_low_scale is not None else weight,
         weight, mean, rstd, dw, db, residual_grad if has_res else x2, c1 if has_res else weight, gx, gs,
         scale if scale is not None else weight, counter, idx if idx is not None else counter, M, C, tokens,
-        dy2.stride(0), dx_low.shape[1] if dx_low is not None else C, num_tiles, HAS_RES=has_res, HAS_GSUM=grad_sum, HAS_SCALE=scale is not None,
-        HAS_LOW=dx_low is not None, LOW_SCALE=dx_low_scale is not None, DY_IDX=dy_rows is not None,
-        LOW_IDX=dx_low_rows is not None, BLOCK_M=block_m, BLOCK_C=block_c, ACC2D=acc2d, num_warps=warps)
+        dy2.stride(0), dx_low.shape[1] if dx_low is not None else C, num_tiles, HAS_RES=has_res, HAS_GSUM=grad_sum,
+        HAS_SCALE=scale is not None, HAS_LOW=dx_low is not None, LOW_SCALE=dx_low_scale is not None,
+        DY_IDX=dy_rows is not None, LOW_IDX=dx_low_rows is not None, BLOCK_M=block_m, BLOCK_C=block_c, ACC2D=acc2d,
+        num_warps=warps)
     return dx, partial, counter
 
 

@@ -597,10 +597,10 @@ def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale,
 def finish_projection(gw: torch.Tensor, gb: torch.Tensor, w: torch.Tensor, b: torch.Tensor, c2: torch.Tensor):
     """``(dw, db, dc2)`` of ``out += c2 * (a @ w.T + b)`` in two launches, from the weight-gradient GEMM's output
     ``gw`` (>= n_out, >= n_in) as it came out (compute dtype, any strides: only its first n_out = w.shape[0] rows and
-    n_in = w.shape[1] columns are read, so zero padding needs no slicing copy) and ``gb`` = sum of d out (n_out,). Replaces a cast, two dot
-    products, an add and a multiply (five launches a sublayer, each a few microseconds of a ~28 ms training step at
-    SReT-T's sizes). ``dc2`` is summed over per-program partials in a fixed order: deterministic. None where the
-    kernels do not apply (the caller runs the PyTorch ops)."""
+    n_in = w.shape[1] columns are read, so zero padding needs no slicing copy) and ``gb`` = sum of d out (n_out,).
+    Replaces a cast, two dot products, an add and a multiply (five launches a sublayer, each a few microseconds of a
+    ~28 ms training step at SReT-T's sizes). ``dc2`` is summed over per-program partials in a fixed order:
+    deterministic. None where the kernels do not apply (the caller runs the PyTorch ops)."""
     n_out, n_in = w.shape
     if not _ln.fused_kernels_enabled(gw) or gw.dim() != 2 or gw.shape[0] < n_out or gw.shape[1] < n_in \
             or not (w.is_contiguous() and b.is_contiguous() and gb.is_contiguous()):
