@@ -206,8 +206,9 @@ def _aligned(channels: int) -> int:
     16-byte aligned). cuDNN pads a bf16 NHWC map of 63 or 126 channels (SReT-S) in passes of its own, ~0.2 ms a call
     at batch 256 on an H100: 1.75 ms of SReT-S's inference step, 4.0 ms of its training step (docs/perf_notes.md,
     change 53). The added channels are zeros (zero weights, and no bias or a zero one) and stay zeros through the
-    BatchNorm + ReLU; the next conv has zero weights there."""
-    return channels + (-channels % 8)
+    BatchNorm + ReLU; the next conv has zero weights there. The same rounding as the token rows' widths
+    (``fused.aligned_width``)."""
+    return fused.aligned_width(channels)
 
 
 def _aligned_channels(layers: List[Tuple[torch.Tensor, torch.Tensor, nn.Conv2d]]):
