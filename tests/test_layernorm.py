@@ -142,10 +142,12 @@ SCRIPT = """
         lw, lb = torch.randn(C), torch.randn(C)
         w1, b1, w2, b2 = torch.randn(H, C) / C**0.5, torch.randn(H), torch.randn(C, H) / H**0.5, torch.randn(C)
         c1, c2 = torch.tensor([0.8]), torch.tensor([1.3])
-        # the one-launch kernel (two tiles), then LayerNorm + two GEMM launches (tiles leave remainders in M, H and C)
+        # the one-launch kernel (two tiles), then LayerNorm + two GEMM launches (tiles leave remainders in M, H and
+        # C), then LayerNorm + two cuBLAS (here: CPU) GEMMs over aligned rows
         for scale, tiles in itertools.product((None, torch.tensor([0.0, 1.25])),
                                               (dict(pw_tile=(32, 32, 4, 2)), dict(pw_tile=(16, 64, 4, 1)),
-                                               dict(gemm_tile=((32, 64, 32, 4, 2), (16, 32, 64, 4, 2))))):
+                                               dict(gemm_tile=((32, 64, 32, 4, 2), (16, 32, 64, 4, 2))),
+                                               dict(cublas=True))):
             out, h, mean, rstd = K.mlp_residual_forward(x, lw, lb, w1, b1, w2, b2, c1, c2, scale, 1e-6,
                                                         torch.float16, save=True, **tiles)
             xn = F.layer_norm(x, (C,), lw, lb, 1e-6).half().view(-1, C)
@@ -176,7 +178,7 @@ SCRIPT = """
         assert K.da_gelu_and_grad(g16, w2, c2, h16) is None  # not a tuned shape: the caller's two launches
         # The width DA_GELU_TILES is keyed on: saved_hidden_width restates the forward's padding rule, so pin it to
         # the h the forward really saves, for every tuned training shape
-        for C_, H_, save in sorted(K.PW_TILES.keys() | K.GEMM_TILES.keys()):
+        for C_, H_, save in sorted(K.PW_TILES.keys() | K.GEMM_TILES.keys() | K.CUBLAS_MLP):
             if save:
                 h_ = K.mlp_residual_forward(torch.randn(1, 4, C_, generator=gen), torch.ones(C_), torch.zeros(C_),
                                             torch.randn(H_, C_, generator=gen), torch.zeros(H_),
@@ -420,8 +422,8 @@ def test_triton_layernorm_matches_reference_in_interpreter():
 
 
 def test_sublayer_kernel_declines_untuned_shapes():
-    """Shapes where both kernel paths lost to the PyTorch ops (in neither ``PW_TILES`` nor ``GEMM_TILES``, e.g. SReT-S's
-    last-stage MLP in training) are handed back (None)."""
+    """Shapes in none of the path tables (``CUBLAS_MLP``, ``PW_TILES``, ``GEMM_TILES``; here a ratio-4 MLP at 504
+    channels, which no variant has) are handed back (None): the caller runs the PyTorch ops."""
     import torch
 
     from sret.models import sublayer_kernels as K
@@ -429,13 +431,13 @@ def test_sublayer_kernel_declines_untuned_shapes():
     if K.triton is None:
         pytest.skip("no Triton")
     x = torch.randn(1, 4, 504)
-    w1, w2 = torch.randn(1512, 504), torch.randn(504, 1512)
+    w1, w2 = torch.randn(2016, 504), torch.randn(504, 2016)
     ones, c = torch.ones(504), torch.ones(1)
     os.environ["TRITON_INTERPRET"] = "1"
     try:
-        got = K.mlp_residual_forward(x, ones, ones, w1, torch.zeros(1512), w2, ones, c, c, None, 1e-6,
+        got = K.mlp_residual_forward(x, ones, ones, w1, torch.zeros(2016), w2, ones, c, c, None, 1e-6,
                                      torch.float16, save=True)
     finally:
         del os.environ["TRITON_INTERPRET"]
-    assert all((504, 1512, True) not in table for table in (K.GEMM_TILES, K.PW_TILES))
+    assert all((504, 2016, True) not in table for table in (K.GEMM_TILES, K.PW_TILES, K.CUBLAS_MLP))
     assert got is None

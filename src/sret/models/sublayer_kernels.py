@@ -47,7 +47,7 @@ def kernels_available(x: torch.Tensor, dtype: torch.dtype) -> bool:
 def forward_applies(x: torch.Tensor, hidden: int, dtype: torch.dtype, save: bool) -> bool:
     """Whether :func:`mlp_residual_forward` (without tile overrides) takes an MLP of ``hidden`` units on ``x``."""
     key = (int(x.shape[-1]), hidden, save)  # int(): pins a symbolic width under torch.compile (compiled_ops.py)
-    return kernels_available(x, dtype) and (key in PW_TILES or key in GEMM_TILES)
+    return kernels_available(x, dtype) and (key in CUBLAS_MLP or key in PW_TILES or key in GEMM_TILES)
 
 
 if triton is not None:
@@ -362,6 +362,34 @@ def _mlp_two_launches(x, ln_w, ln_b, w1, b1, w2, b2, c1, k, per_sample, eps, dty
     return out, (h if save else None), mean, rstd, w1p
 
 
+def _cublas_operands(w1, b1, w2, b2, hp: int, cp: int, dtype: torch.dtype):
+    """``(W1 (hp, cp), b1 (hp,), W2 (cp, hp), b2 (cp,))`` in ``dtype`` with zero padding: the operands of
+    :func:`_mlp_cublas`, made once per stage forward for a shared block's (``shared_weights``)."""
+    def make():
+        H, C = w1.shape
+        return (_padded_now(w1, hp, cp, dtype), _padded_now(b1.view(1, H), 1, hp, dtype).view(hp),
+                _padded_now(w2, cp, hp, dtype), _padded_now(b2.view(1, C), 1, cp, dtype).view(cp))
+    return shared_weights.memoized(make, (w1, b1, w2, b2), "cublas", hp, cp, dtype)
+
+
+def _mlp_cublas(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype, save):
+    """The MLP sublayer as LayerNorm kernel -> cuBLAS fc1 -> GELU -> cuBLAS fc2 -> residual kernel, every GEMM
+    operand and output on 16-byte aligned rows (C to a multiple of 8 with zero columns, H to a multiple of
+    :data:`_GEMM_PAD`). For wide, long sublayers (SReT-S's stage 1: C = 252, 50k rows), where the one-launch kernel
+    streams both weight matrices from L2 once per 32-row tile (~1.2 GB a call) and the Triton GEMMs' short K loops
+    stay far from the bandwidth floor. The rounding points are the autocast path's: addmm adds its bf16 bias in
+    float32 and rounds once, as the kernels do; the padding adds exact zeros."""
+    B, N, C = x.shape
+    M, H = B * N, w1.shape[0]
+    cp, hp = C + (-C % 8), cdiv(H, _GEMM_PAD) * _GEMM_PAD
+    w1p, b1p, w2p, b2p = _cublas_operands(w1, b1, w2, b2, hp, cp, dtype)
+    xn, mean, rstd = _ln.ln_forward(x.view(M, C), ln_w, ln_b, eps, dtype, width=cp)  # (M, cp), zeros past C
+    h = torch.addmm(b1p, xn, w1p.t())  # (M, hp) fc1 output: zero columns past H (zero weight rows and bias)
+    y = torch.addmm(b2p, F.gelu(h), w2p.t())  # (M, cp): zero columns past C
+    out = residual_forward(x, y.view(B, N, cp)[..., :C], c1, c2, scale)
+    return out, (h if save else None), mean, rstd, w1p
+
+
 def prepared_weights(w1: torch.Tensor, w2: torch.Tensor, block_c: int, block_h: int, dtype: torch.dtype):
     """``(W1P, W2P, HP)``: fc1's (H, C) and fc2's (C, H) weights in ``dtype``, zero-padded to (HP, block_c) and
     (block_c, HP), HP = H rounded up to ``block_h``, in one launch. Not cached across calls: a cache would go stale
@@ -414,7 +442,8 @@ def _branch_factor(x: torch.Tensor, c2: Optional[torch.Tensor], scale: Optional[
 def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps: float,
                          dtype: torch.dtype, save: bool,
                          gemm_tile: Optional[tuple[tuple[int, ...], tuple[int, ...]]] = None,
-                         pw_tile: Optional[tuple[int, int, int, int]] = None, return_w1: bool = False):
+                         pw_tile: Optional[tuple[int, int, int, int]] = None, return_w1: bool = False,
+                         cublas: Optional[bool] = None):
     """``c1 * x + c2 * s * fc2(gelu(fc1(LN(x))))`` for contiguous x (B, N, C): one launch over prepared weights for
     the shapes in :data:`PW_TILES`, LayerNorm + two GEMM launches for those in :data:`GEMM_TILES`.
 
@@ -430,6 +459,11 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
     if not kernels_available(x, dtype):
         return None
     C, H = int(x.shape[-1]), int(w1.shape[0])  # int(): see forward_applies
+    if cublas is None:
+        cublas = not (pw_tile or gemm_tile) and (C, H, save) in CUBLAS_MLP
+    if cublas:
+        *result, w1p = _mlp_cublas(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype, save)
+        return (*result, w1p) if return_w1 else tuple(result)
     pw_config = pw_tile or (None if gemm_tile else PW_TILES.get((C, H, save)))
     gemm_config = gemm_tile or (None if pw_config else GEMM_TILES.get((C, H, save)))
     if pw_config is None and gemm_config is None:  # a shape where neither path beat the PyTorch ops, or unmeasured
@@ -447,6 +481,22 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
         return None
     return (*result, w1p) if return_w1 else tuple(result)
 
+
+# (C, H, save) of the MLP/NLL sublayers that take :func:`_mlp_cublas`, looked up before the tables below: shapes where
+# it beat the path the tables chose by >= 3 % (``benchmarks/mlp_paths.py``, H100, bf16, batch 256, CUDA-graph
+# replays, run 105, ``benchmarks/results/session_runs105_/run105_mlp_paths/``). ms in the comments: cuBLAS path, the
+# tables' path. It lost everywhere else: SReT-S's stage 0 (0.48 vs 0.27 ms for the MLP at inference: 200k rows of 126
+# channels, where the one-launch kernel never writes the hidden layer), its stage-1 NLL at inference (0.216 vs
+# 0.198), and every SReT-T shape but the last MLP in training (0.073 vs 0.075: not taken).
+CUBLAS_MLP: set[tuple[int, int, bool]] = {
+    (252, 756, False),   # S stage 1 MLP: 0.256 vs 0.265
+    (252, 756, True),    # 0.255 vs 0.356
+    (252, 504, True),    # S stage 1 NLL, training: 0.214 vs 0.261
+    (504, 1512, False),  # S stage 2 MLP: 0.155 vs 0.181
+    (504, 1512, True),   # 0.155 vs 0.197 (the PyTorch ops: in no table)
+    (504, 1008, False),  # S stage 2 NLL: 0.123 vs 0.142
+    (504, 1008, True),   # 0.123 vs 0.155
+}
 
 # (C, H, save) -> (BLOCK_M, BLOCK_H, num_warps, num_stages) of the one-launch kernel over prepared weights
 # (``_mlp_residual_fwd_pw``), looked up first: the fastest of 36 configs per shape where it beat both the path the
@@ -532,6 +582,8 @@ def saved_hidden_width(C: int, H: int) -> int:
     """The width of the fc1 output ``h`` that a training forward (``save``) of an MLP sublayer with C channels and
     H hidden units keeps: H rounded up to the tile of the path :func:`mlp_residual_forward` takes (H itself on the
     PyTorch path). The backward's kernels are tuned for (C, this width)."""
+    if (C, H, True) in CUBLAS_MLP:
+        return -(-H // _GEMM_PAD) * _GEMM_PAD
     pw_config = PW_TILES.get((C, H, True))
     if pw_config is not None:
         return -(-H // pw_config[1]) * pw_config[1]
