@@ -58,8 +58,9 @@ def fast_layer_norm_available(x: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _ln_fwd(X, Y, W, B, Mean, Rstd, IDX, M, C, Y_STRIDE, N_TOK, eps, PAD: tl.constexpr, ONES: tl.constexpr,
-                HAS_IDX: tl.constexpr, STATS_AT_SRC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _ln_fwd(X, Y, W, B, Mean, Rstd, IDX, M, C: tl.constexpr, Y_STRIDE, N_TOK, eps, PAD: tl.constexpr,
+                ONES: tl.constexpr, HAS_IDX: tl.constexpr, STATS_AT_SRC: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_C: tl.constexpr):
         eps = tl.cast(eps, tl.float32)  # fp64 where Inductor launches it
         # With PAD > 0 each output row is followed by PAD (<= 8) extra columns, zero, or with ONES (1, 0, ..., 0): a
         # weight-gradient GEMM against that matrix then yields the bias gradient as its extra column (no separate
@@ -100,10 +101,10 @@ if triton is not None:
     # channels 2x (90 -> 173 us a call, run 101, benchmarks/ln_backward_stride.py); not specialised, the code and
     # dx's bits are those of contiguous rows.
     @triton.jit(do_not_specialize=["DY_STRIDE", "LOW_W"])
-    def _ln_bwd(X, DY, DX, DX_LOW, S_LOW, W, Mean, Rstd, DW, DB, G, C1, GX, GS, S, ZERO, IDX, M, C, N_TOK,
-                DY_STRIDE, LOW_W, num_tiles, HAS_RES: tl.constexpr, HAS_GSUM: tl.constexpr, HAS_SCALE: tl.constexpr,
-                HAS_LOW: tl.constexpr, LOW_SCALE: tl.constexpr, DY_IDX: tl.constexpr, LOW_IDX: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC2D: tl.constexpr):
+    def _ln_bwd(X, DY, DX, DX_LOW, S_LOW, W, Mean, Rstd, DW, DB, G, C1, GX, GS, S, ZERO, IDX, M, C: tl.constexpr,
+                N_TOK, DY_STRIDE, LOW_W, num_tiles, HAS_RES: tl.constexpr, HAS_GSUM: tl.constexpr,
+                HAS_SCALE: tl.constexpr, HAS_LOW: tl.constexpr, LOW_SCALE: tl.constexpr, DY_IDX: tl.constexpr,
+                LOW_IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC2D: tl.constexpr):
         # Each program walks tiles pid, pid + P, ... and keeps its own dW/dB partial sums (reduced by the caller),
         # so the weight gradients need no atomics and stay deterministic. With HAS_RES the same pass also finishes
         # a scaled residual ``out = c1 * x + f(LN(x))``: DX += c1 * G and a partial sum(G * X) (the gradient of c1)
@@ -256,7 +257,7 @@ def ln_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: 
     rstd = torch.empty(M, device=x2.device, dtype=torch.float32)
     block_m, block_c = _tiling(C)
     launchable(_ln_fwd)[(cdiv(M, block_m),)](
-        x2, y, weight, bias, mean, rstd, rows if rows is not None else weight, M, C, width, tokens, eps,
+        x2, y, weight, bias, mean, rstd, rows if rows is not None else weight, M, int(C), width, tokens, eps,
         PAD=width - C, ONES=ones_column, HAS_IDX=rows is not None,
         STATS_AT_SRC=stats_in_input_order and rows is not None, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4)
     return y, mean, rstd
@@ -345,7 +346,7 @@ def ln_backward_partials(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tens
     launchable(_ln_bwd)[(programs,)](
         x2, dy2, dx, dx_low if dx_low is not None else dx, dx_low_scale if dx_low_scale is not None else weight,
         weight, mean, rstd, dw, db, residual_grad if has_res else x2, c1 if has_res else weight, gx, gs,
-        scale if scale is not None else weight, counter, idx if idx is not None else counter, M, C, tokens,
+        scale if scale is not None else weight, counter, idx if idx is not None else counter, M, int(C), tokens,
         dy2.stride(0), dx_low.shape[1] if dx_low is not None else C, num_tiles, HAS_RES=has_res, HAS_GSUM=grad_sum,
         HAS_SCALE=scale is not None, HAS_LOW=dx_low is not None, LOW_SCALE=dx_low_scale is not None,
         DY_IDX=dy_rows is not None, LOW_IDX=dx_low_rows is not None, BLOCK_M=block_m, BLOCK_C=block_c, ACC2D=acc2d,

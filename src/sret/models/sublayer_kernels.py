@@ -103,8 +103,8 @@ if triton is not None:
             tl.store(W2P + idx, w.to(W2P.dtype.element_ty), mask=idx < CP * HP)
 
     @triton.jit
-    def _mlp_residual_fwd_pw(X, LNW, LNB, W1P, B1, W2P, B2, C1, K, OUT, HOUT, MEAN, RSTD, M, C, H, HP, N_TOK, eps,
-                             HAS_C1: tl.constexpr, K_PER_SAMPLE: tl.constexpr, SAVE: tl.constexpr,
+    def _mlp_residual_fwd_pw(X, LNW, LNB, W1P, B1, W2P, B2, C1, K, OUT, HOUT, MEAN, RSTD, M, C: tl.constexpr, H, HP,
+                             N_TOK, eps, HAS_C1: tl.constexpr, K_PER_SAMPLE: tl.constexpr, SAVE: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr):
         """The one-launch MLP sublayer over prepared weights: W1P (HP, BLOCK_C) and W2P (BLOCK_C, HP) already in the
         compute dtype and zero-padded (HP a multiple of BLOCK_H), so the weight tiles go from memory straight into the
@@ -151,7 +151,7 @@ if triton is not None:
             tl.store(RSTD + rows, rstd, mask=rmask)
 
     @triton.jit
-    def _residual_fwd(X, Y, C1, K, OUT, IDX, M, C, N_TOK, Y_STRIDE, HAS_C1: tl.constexpr,
+    def _residual_fwd(X, Y, C1, K, OUT, IDX, M, C: tl.constexpr, N_TOK, Y_STRIDE, HAS_C1: tl.constexpr,
                       K_PER_SAMPLE: tl.constexpr, HAS_IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
         # y's rows are Y_STRIDE apart (>= C: the GEMM that makes y may write zero-padded, 16-byte aligned rows)
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -426,7 +426,8 @@ def mlp_residual_prepared(x, ln_w, ln_b, w1p, b1, w2p, b2, c1, k, per_sample, ep
     else:  # never written without SAVE: no allocations (each is host time in eager inference); a read-only input,
         h = mean = rstd = x  # not the output: see group_attention()
     launchable(_mlp_residual_fwd_pw)[(cdiv(M, block_m),)](
-        x, ln_w, ln_b, w1p, b1, w2p, b2, c1 if c1 is not None else k, k, out, h, mean, rstd, M, C, H, hp, N, eps,
+        x, ln_w, ln_b, w1p, b1, w2p, b2, c1 if c1 is not None else k, k, out, h, mean, rstd, M, int(C), H, hp, N,
+        eps,
         HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, SAVE=save, BLOCK_M=block_m, BLOCK_C=w1p.shape[1],
         BLOCK_H=block_h, num_warps=warps, num_stages=stages)
     return (out, h, mean, rstd) if save else (out, None, None, None)
@@ -640,7 +641,7 @@ def residual_forward(x: torch.Tensor, y: torch.Tensor, c1, c2, scale,
     block_m = max(1, 4096 // block_c)
     M = B * N
     launchable(_residual_fwd)[(cdiv(M, block_m),)](
-        x, y, c1 if c1 is not None else k, k, out, y_rows if y_rows is not None else k, M, C, N, y.stride(1),
+        x, y, c1 if c1 is not None else k, k, out, y_rows if y_rows is not None else k, M, int(C), N, y.stride(1),
         HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, HAS_IDX=y_rows is not None, BLOCK_M=block_m,
         BLOCK_C=block_c, num_warps=4)
     return out
