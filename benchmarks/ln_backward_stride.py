@@ -1,11 +1,13 @@
-"""The LayerNorm backward (``layernorm.ln_backward_partials``) reading its incoming gradient from zero-padded rows.
+"""The LayerNorm kernels (``layernorm.ln_backward_partials``, ``ln_forward``) on contiguous and zero-padded rows.
 
-Change 54 makes the GEMMs before it write ``dy`` 16-byte aligned (SReT-S's 126 and 252 channels carried at 128 and
-256), and the kernel reads a (M, C) view with rows ``DY_STRIDE`` apart. Here, per SReT-S width and the two forms the
-fused sublayers run (the MLP's: dx's bf16 copy; the sliced attention's: the copy and dy in the shuffled order), at
-batch 256 as CUDA-graph replays: dy contiguous (the old layout), dy in padded rows with the stride specialised by
-Triton (divisible by 16), and the same with the stride not specialised (``do_not_specialize``). dx is checked bit for
-bit against the contiguous launch. Then the forward (``ln_forward``) writing rows C or cp wide, the same way.
+Change 54 makes the GEMMs before the backward write ``dy`` 16-byte aligned (SReT-S's 126 and 252 channels carried at
+128 and 256), and the kernel reads a (M, C) view with rows ``DY_STRIDE`` apart. Here, per SReT-S width and the two
+forms the fused sublayers run (the MLP's: dx's bf16 copy; the sliced attention's: the copy and dy in the shuffled
+order), at batch 256 as CUDA-graph replays: dy contiguous and dy in padded rows, dx checked bit for bit between the
+two. Then the forward writing rows C or cp wide, the same way. It times the kernels of the tree on ``PYTHONPATH``:
+run it on two trees to compare them. (Run 101 also timed a copy of the kernel with ``DY_STRIDE`` not specialised,
+``benchmarks/results/session_runs100_104/run101_ln_backward_stride/``; since change 57 the strides are compile-time
+constants, and that variant no longer exists.)
 
     PYTHONPATH=src python3 benchmarks/ln_backward_stride.py [--out $OUT]
 """
@@ -18,7 +20,6 @@ import os
 from pathlib import Path
 
 import torch
-import triton
 from triton.testing import do_bench_cudagraph
 
 from sret.models import layernorm as L
@@ -30,8 +31,6 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     args = parser.parse_args()
-    specialised = L._ln_bwd
-    unspecialised = triton.jit(do_not_specialize=["DY_STRIDE"])(specialised.fn)
     rows = []
     for name, M, N, C in SHAPES:
         g = torch.Generator(device="cuda").manual_seed(0)
@@ -44,7 +43,7 @@ def main() -> int:
         padded = torch.zeros(M, cp, device="cuda", dtype=torch.bfloat16)
         padded[:, :C] = torch.randn(M, C, device="cuda", generator=g)
         dense = padded[:, :C].contiguous()
-        low = torch.empty(M, C, device="cuda", dtype=torch.bfloat16)
+        low = torch.empty(M, cp, device="cuda", dtype=torch.bfloat16)  # written cp wide, as the models ask for it
         idx = torch.randperm(N, device="cuda", generator=g)
         for form, order in (("mlp", None), ("attention", idx)):
             def run(dy):
@@ -52,19 +51,12 @@ def main() -> int:
                                               dy_rows=order, dx_low_rows=order)[0]
             ref = run(dense).clone()
             times = {}
-            for label, kernel, dy in (("contiguous", specialised, dense), ("padded", specialised, padded[:, :C]),
-                                      ("padded, not specialised", unspecialised, padded[:, :C])):
-                L._ln_bwd = kernel
-                try:
-                    same = torch.equal(run(dy), ref)
-                    times[label] = do_bench_cudagraph(lambda: run(dy), return_mode="median") * 1e3
-                finally:
-                    L._ln_bwd = specialised
+            for label, dy in (("contiguous", dense), ("padded", padded[:, :C])):
+                same = torch.equal(run(dy), ref)
+                times[label] = do_bench_cudagraph(lambda: run(dy), return_mode="median") * 1e3
                 print(f"{name} {form:9s} {label:24s} {times[label]:8.1f} us  dx same bits: {same}", flush=True)
             rows.append(dict(shape=name, M=M, C=C, form=form, us=times))
-    # the forward writing its output cp wide (``width``), Y_STRIDE specialised as now or not
-    fwd = L._ln_fwd
-    fwd_unspecialised = triton.jit(do_not_specialize=["Y_STRIDE"])(fwd.fn)
+    # the forward writing its output C or cp wide (``width``)
     for name, M, N, C in SHAPES:
         x = torch.randn(M, C, device="cuda")
         w, b = torch.randn(C, device="cuda"), torch.randn(C, device="cuda")
@@ -73,16 +65,11 @@ def main() -> int:
         for form, order in (("plain", None), ("shuffled", perm)):
             ref = L.ln_forward(x, w, b, 1e-6, torch.bfloat16, rows=order)[0]
             times = {}
-            for label, kernel, width in (("width C", fwd, C), ("width cp", fwd, cp),
-                                         ("width cp, not specialised", fwd_unspecialised, cp)):
-                L._ln_fwd = kernel
-                try:
-                    def run(width=width):
-                        return L.ln_forward(x, w, b, 1e-6, torch.bfloat16, width=width, rows=order)[0]
-                    same = torch.equal(run()[:, :C], ref)
-                    times[label] = do_bench_cudagraph(run, return_mode="median") * 1e3
-                finally:
-                    L._ln_fwd = fwd
+            for label, width in (("width C", C), ("width cp", cp)):
+                def run(width=width):
+                    return L.ln_forward(x, w, b, 1e-6, torch.bfloat16, width=width, rows=order)[0]
+                same = torch.equal(run()[:, :C], ref)
+                times[label] = do_bench_cudagraph(run, return_mode="median") * 1e3
                 print(f"{name} forward {form:9s} {label:27s} {times[label]:8.1f} us  same bits: {same}", flush=True)
             rows.append(dict(shape=name, M=M, C=C, form="forward " + form, us=times))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -96,15 +96,17 @@ if triton is not None:
             tl.store(Mean + rows, mean, mask=rmask)
             tl.store(Rstd + rows, rstd, mask=rmask)
 
-    # DY_STRIDE and LOW_W are not specialised: Triton would otherwise see SReT-S's padded widths (128, 256)
-    # divisible by 16 and lay the tile out for wider accesses of dy than of x (126, 252 channels), which cost 252
-    # channels 2x (90 -> 173 us a call, run 101, benchmarks/ln_backward_stride.py); not specialised, the code and
-    # dx's bits are those of contiguous rows.
+    # C is a compile-time constant (one compilation per model width): Triton then knows how the rows of SReT-S's 126
+    # and 252 channels align and vectorises their loads (the LayerNorm forward: 5.66 -> 2.99 ms a SReT-S training
+    # step, run 107). The strides of dy and of the low copy are plain arguments, not specialised, except where
+    # _CONSTANT_STRIDES makes them constants too (STRIDES_K): run 110 measured that per width. See
+    # docs/perf_notes.md, changes 54-57.
     @triton.jit(do_not_specialize=["DY_STRIDE", "LOW_W"])
     def _ln_bwd(X, DY, DX, DX_LOW, S_LOW, W, Mean, Rstd, DW, DB, G, C1, GX, GS, S, ZERO, IDX, M, C: tl.constexpr,
-                N_TOK, DY_STRIDE, LOW_W, num_tiles, HAS_RES: tl.constexpr, HAS_GSUM: tl.constexpr,
-                HAS_SCALE: tl.constexpr, HAS_LOW: tl.constexpr, LOW_SCALE: tl.constexpr, DY_IDX: tl.constexpr,
-                LOW_IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC2D: tl.constexpr):
+                N_TOK, DY_STRIDE, LOW_W, num_tiles, DY_STRIDE_K: tl.constexpr, LOW_W_K: tl.constexpr,
+                STRIDES_K: tl.constexpr, HAS_RES: tl.constexpr, HAS_GSUM: tl.constexpr, HAS_SCALE: tl.constexpr,
+                HAS_LOW: tl.constexpr, LOW_SCALE: tl.constexpr, DY_IDX: tl.constexpr, LOW_IDX: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC2D: tl.constexpr):
         # Each program walks tiles pid, pid + P, ... and keeps its own dW/dB partial sums (reduced by the caller),
         # so the weight gradients need no atomics and stay deterministic. With HAS_RES the same pass also finishes
         # a scaled residual ``out = c1 * x + f(LN(x))``: DX += c1 * G and a partial sum(G * X) (the gradient of c1)
@@ -118,6 +120,12 @@ if triton is not None:
         # j is (row // N_TOK) * N_TOK + IDX[j] there (the sliced attention's shuffle, gathered inside the pass).
         # DY's rows are DY_STRIDE apart (>= C: the GEMM that makes dy may write zero-padded, 16-byte aligned rows);
         # DX_LOW's rows are LOW_W wide (C <= LOW_W <= BLOCK_C), zeros past C: the GEMMs that read it get aligned rows.
+        if STRIDES_K:  # the same strides as compile-time constants (see _CONSTANT_STRIDES)
+            dy_stride = DY_STRIDE_K
+            low_w = LOW_W_K
+        else:
+            dy_stride = DY_STRIDE
+            low_w = LOW_W
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
         if pid == 0:
@@ -144,9 +152,9 @@ if triton is not None:
             if DY_IDX or LOW_IDX:  # the rows of this tile's tokens in the other order
                 prow = (rows // N_TOK) * N_TOK + tl.load(IDX + rows % N_TOK, mask=rmask, other=0)
             if DY_IDX:
-                dy = tl.load(DY + prow[:, None].to(tl.int64) * DY_STRIDE + cols[None, :], mask=mask, other=0.0)
+                dy = tl.load(DY + prow[:, None].to(tl.int64) * dy_stride + cols[None, :], mask=mask, other=0.0)
             else:
-                dy = tl.load(DY + rows[:, None].to(tl.int64) * DY_STRIDE + cols[None, :], mask=mask, other=0.0)
+                dy = tl.load(DY + rows[:, None].to(tl.int64) * dy_stride + cols[None, :], mask=mask, other=0.0)
             dy = dy.to(tl.float32)
             mean = tl.load(Mean + rows, mask=rmask, other=0.0)
             rstd = tl.load(Rstd + rows, mask=rmask, other=0.0)
@@ -175,11 +183,11 @@ if triton is not None:
                 if LOW_SCALE:
                     low = low * tl.load(S_LOW + rows // N_TOK, mask=rmask, other=0.0).to(DX.dtype.element_ty)[:, None]
                 low = tl.where(cmask[None, :], low, 0.0).to(DX_LOW.dtype.element_ty)  # zeros from C to LOW_W
-                lmask = rmask[:, None] & (cols < LOW_W)[None, :]
+                lmask = rmask[:, None] & (cols < low_w)[None, :]
                 if LOW_IDX:
-                    tl.store(DX_LOW + prow[:, None].to(tl.int64) * LOW_W + cols[None, :], low, mask=lmask)
+                    tl.store(DX_LOW + prow[:, None].to(tl.int64) * low_w + cols[None, :], low, mask=lmask)
                 else:
-                    tl.store(DX_LOW + rows[:, None].to(tl.int64) * LOW_W + cols[None, :], low, mask=lmask)
+                    tl.store(DX_LOW + rows[:, None].to(tl.int64) * low_w + cols[None, :], low, mask=lmask)
             if ACC2D:
                 dw_acc += dy * xhat
                 db_acc += dy
@@ -199,6 +207,12 @@ def _tiling(C: int) -> tuple[int, int]:
     block_m = max(1, 4096 // block_c)  # ~4k elements a program: enough rows in flight, no register spills
     return block_m, block_c
 
+
+# Widths whose LayerNorm backward gets dy's row stride and the low copy's width as compile-time constants: run 110
+# (benchmarks/ln_backward_stride.py, H100, batch 256, dy in padded rows) measured 126 channels at 166 / 152 us a call
+# (MLP / sliced-attention form) against 179 / 250 with the strides as arguments, but 252 channels at 147 / 149 us
+# against 82 / 99, and SReT-T's 64 the same either way.
+_CONSTANT_STRIDES = frozenset({126})
 
 # The backward's launch: (rows a tile, warps, programs per SM (0: one program per tile), column sums per element).
 BackwardConfig = tuple[int, int, int, bool]
@@ -343,12 +357,15 @@ def ln_backward_partials(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tens
     dw, db = partial[0], partial[1]
     gx = partial[2] if has_res else dw
     gs = partial[3] if grad_sum else dw
+    dy_stride, low_w = int(dy2.stride(0)), int(dx_low.shape[1]) if dx_low is not None else int(C)
+    constant = int(C) in _CONSTANT_STRIDES
     launchable(_ln_bwd)[(programs,)](
         x2, dy2, dx, dx_low if dx_low is not None else dx, dx_low_scale if dx_low_scale is not None else weight,
         weight, mean, rstd, dw, db, residual_grad if has_res else x2, c1 if has_res else weight, gx, gs,
         scale if scale is not None else weight, counter, idx if idx is not None else counter, M, int(C), tokens,
-        dy2.stride(0), dx_low.shape[1] if dx_low is not None else C, num_tiles, HAS_RES=has_res, HAS_GSUM=grad_sum,
-        HAS_SCALE=scale is not None, HAS_LOW=dx_low is not None, LOW_SCALE=dx_low_scale is not None,
+        dy_stride, low_w, num_tiles, dy_stride if constant else 0, low_w if constant else 0, constant,
+        HAS_RES=has_res, HAS_GSUM=grad_sum, HAS_SCALE=scale is not None, HAS_LOW=dx_low is not None,
+        LOW_SCALE=dx_low_scale is not None,
         DY_IDX=dy_rows is not None, LOW_IDX=dx_low_rows is not None, BLOCK_M=block_m, BLOCK_C=block_c, ACC2D=acc2d,
         num_warps=warps)
     return dx, partial, counter
