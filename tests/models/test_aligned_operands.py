@@ -62,6 +62,16 @@ for C, N in ((126, 6), (12, 4)):
                                                dy_rows=order, dx_low_rows=order)
         assert torch.equal(dx0, dx1) and torch.equal(part0, part1)
         assert torch.equal(wide_low[:, :C], dense_low) and not wide_low[:, C:].any()
+        # the other form of the launch (the strides as constants where they were arguments, and the reverse: 126 is
+        # in _CONSTANT_STRIDES, 12 is not) gives the same bits
+        constant, other_low = L._CONSTANT_STRIDES, torch.full((M, cp), 7.0, dtype=torch.float16)
+        L._CONSTANT_STRIDES = constant ^ {C}
+        try:
+            dx2, part2, _ = L.ln_backward_partials(padded[:, :C], *args, dx_low=other_low, dx_low_scale=scale,
+                                                   dy_rows=order, dx_low_rows=order)
+        finally:
+            L._CONSTANT_STRIDES = constant
+        assert torch.equal(dx2, dx1) and torch.equal(part2, part1) and torch.equal(other_low, wide_low)
     # the residual reading the branch from padded rows
     xr = torch.randn(B, N, C)
     y = torch.zeros(B, N, cp, dtype=torch.float16)
