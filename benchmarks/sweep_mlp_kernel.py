@@ -8,7 +8,7 @@ favour the paths with fewest launches. Each candidate's output is checked agains
 The kernels are compiled first in a pool of processes (Triton's on-disk cache is shared), then timed in this one.
 Prints, last, the ``PW_TILES`` table of shapes where the new kernel beat both alternatives by ``--margin``.
 
-    PYTHONPATH=src python3 benchmarks/sweep_mlp_kernel.py --out $OUT [--shapes T]
+    PYTHONPATH=src python3 benchmarks/sweep_mlp_kernel.py --out $OUT [--shapes T] [--only "S s0"]
 """
 
 from __future__ import annotations
@@ -81,11 +81,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     parser.add_argument("--deadline", type=float, default=500.0, help="seconds; shapes after it are skipped")
     parser.add_argument("--shapes", default="T", help="prefixes of the shape names to run")
+    parser.add_argument("--only", nargs="*", default=None, help="whole-name prefixes, e.g. 'S s0' (narrows --shapes)")
     parser.add_argument("--workers", type=int, default=12)
     parser.add_argument("--margin", type=float, default=1.03)
     args = parser.parse_args()
     t0 = time.time()
-    shapes = [s for s in SHAPES if s[0].split()[0] in args.shapes.split()]
+    shapes = [s for s in SHAPES if s[0].split()[0] in args.shapes.split()
+              and (args.only is None or any(s[0].startswith(p) for p in args.only))]
     jobs = [(n, C, H, save, cfg) for _, n, C, H in shapes for save in (False, True)
             for cfg in configs(max(16, triton.next_power_of_2(C)))]
     failed = {}
