@@ -12,11 +12,12 @@ rounding points of the autocast path reproduced: LN output, fc1 output, GELU out
 to the compute dtype, as ``F.linear`` / ``F.gelu`` under autocast round them. The two weight matrices are first
 rounded to the compute dtype and zero-padded in one small launch, so the kernel's weight tiles are aligned, unmasked
 and go straight into the dots. In training it also writes what the fused backward keeps (the fc1 output ``h``, at
-the padded width, and the LN statistics). Wide sublayers (SReT-S's last stage, SReT-T's last MLP) run LayerNorm +
-two GEMM kernels with fused epilogues instead (:data:`GEMM_TILES`).
+the padded width, and the LN statistics). Wide sublayers run LayerNorm + two GEMM kernels with fused epilogues
+instead (:data:`GEMM_TILES`: SReT-T's last MLP), or LayerNorm + two cuBLAS GEMMs over 16-byte aligned rows
+(:data:`CUBLAS_MLP`: SReT-S's stages 1 and 2).
 
 ``mlp_residual_forward`` returns None where it does not apply (no Triton, not CUDA and not the interpreter, a
-float32/float64 compute dtype, C > 512, a shape in neither table); the caller then runs the PyTorch ops. Checked
+float32/float64 compute dtype, C > 512, a shape in none of the tables); the caller then runs the PyTorch ops. Checked
 against the PyTorch path through Triton's CPU interpreter in ``tests/test_layernorm.py``.
 """
 
@@ -381,7 +382,7 @@ def _mlp_cublas(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype, save):
     float32 and rounds once, as the kernels do; the padding adds exact zeros."""
     B, N, C = x.shape
     M, H = B * N, w1.shape[0]
-    cp, hp = C + (-C % 8), cdiv(H, _GEMM_PAD) * _GEMM_PAD
+    cp, hp = C + (-C % 8), cdiv(H, _GEMM_PAD) * _GEMM_PAD  # cp: fused.aligned_width(C) (fused imports this module)
     w1p, b1p, w2p, b2p = _cublas_operands(w1, b1, w2, b2, hp, cp, dtype)
     xn, mean, rstd = _ln.ln_forward(x.view(M, C), ln_w, ln_b, eps, dtype, width=cp)  # (M, cp), zeros past C
     h = torch.addmm(b1p, xn, w1p.t())  # (M, hp) fc1 output: zero columns past H (zero weight rows and bias)
@@ -427,8 +428,7 @@ def mlp_residual_prepared(x, ln_w, ln_b, w1p, b1, w2p, b2, c1, k, per_sample, ep
         h = mean = rstd = x  # not the output: see group_attention()
     launchable(_mlp_residual_fwd_pw)[(cdiv(M, block_m),)](
         x, ln_w, ln_b, w1p, b1, w2p, b2, c1 if c1 is not None else k, k, out, h, mean, rstd, M, int(C), H, hp, N,
-        eps,
-        HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, SAVE=save, BLOCK_M=block_m, BLOCK_C=w1p.shape[1],
+        eps, HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, SAVE=save, BLOCK_M=block_m, BLOCK_C=w1p.shape[1],
         BLOCK_H=block_h, num_warps=warps, num_stages=stages)
     return (out, h, mean, rstd) if save else (out, None, None, None)
 
@@ -445,14 +445,16 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
                          gemm_tile: Optional[tuple[tuple[int, ...], tuple[int, ...]]] = None,
                          pw_tile: Optional[tuple[int, int, int, int]] = None, return_w1: bool = False,
                          cublas: Optional[bool] = None):
-    """``c1 * x + c2 * s * fc2(gelu(fc1(LN(x))))`` for contiguous x (B, N, C): one launch over prepared weights for
-    the shapes in :data:`PW_TILES`, LayerNorm + two GEMM launches for those in :data:`GEMM_TILES`.
+    """``c1 * x + c2 * s * fc2(gelu(fc1(LN(x))))`` for contiguous x (B, N, C): LayerNorm + two cuBLAS GEMMs over
+    aligned rows for the shapes in :data:`CUBLAS_MLP`, one launch over prepared weights for those in
+    :data:`PW_TILES`, LayerNorm + two GEMM launches for those in :data:`GEMM_TILES`.
 
     Returns ``(out, h, mean, rstd)`` (the last three None unless ``save``), or None where the kernels do not apply
     (the caller runs the PyTorch ops). ``h`` is the fc1 output (M, H') in the compute dtype, H' >= H: its columns
     past H are zeros (the hidden layer carried to an aligned width, see :func:`prepared_weights`). ``pw_tile`` =
     (BLOCK_M, BLOCK_H, num_warps, num_stages) overrides :data:`PW_TILES`, ``gemm_tile`` = two (BLOCK_M, BLOCK_N,
-    BLOCK_K, num_warps, num_stages) overrides :data:`GEMM_TILES` and selects that path (tests, tuning).
+    BLOCK_K, num_warps, num_stages) overrides :data:`GEMM_TILES` and selects that path, ``cublas`` True / False
+    takes or skips the cuBLAS path whatever :data:`CUBLAS_MLP` says (tests, tuning).
 
     ``return_w1``: also return, fifth, fc1's weight as the kernels used it (compute dtype, zero-padded to (H', C')
     with C' >= C): the backward's ``dh @ W1`` reads its first C columns instead of casting and padding W1 again.
