@@ -57,6 +57,18 @@ def test_csv_results(tmp_path):
     assert rows[0]["model"] == "sret_t_wo_slice" and rows[0]["bench"] == "infer" and float(rows[0]["samples_per_s"]) > 0
 
 
+def test_keep_activations_applies_to_sret_models_only(tmp_path):
+    out = tmp_path / "res.json"
+    assert main(["benchmark", "--models", "sret_s", "sret_t", "deit_tiny_patch16_224", "--bench", "train", *TINY,
+                 "--results-file", str(out)]) == 0
+    # each sret model's own default (the SReT-S family keeps, SReT-T recomputes), nothing for timm's
+    assert [r["keep_activations"] for r in json.loads(out.read_text())["results"]] == [True, False, None]
+    assert main(["benchmark", "--models", "sret_s", "sret_t", "deit_tiny_patch16_224", "--bench", "train", *TINY,
+                 "--no-keep-activations", "--results-file", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["keep_activations"] for r in rows] == [False, False, None] and all(r["error"] is None for r in rows)
+
+
 def test_unknown_model_is_refused_before_running(tmp_path, capsys):
     out = tmp_path / "res.json"
     code = main(["benchmark", "--models", "sret_t", "sret_tinyy", *TINY, "--results-file", str(out)])

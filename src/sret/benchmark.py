@@ -80,6 +80,7 @@ class BenchConfig:
     fullgraph: bool = False
     channels_last: bool = False
     grad_checkpointing: bool = False
+    keep_activations: Optional[bool] = None  # None: the model's default (sret models only)
     cuda_graph: bool = False
     attn_impl: Optional[str] = None
     warmup: int = 10
@@ -114,6 +115,7 @@ class BenchResult:
     first_step_s: Optional[float] = None
     device: str = ""
     error: Optional[str] = None
+    keep_activations: Optional[bool] = None  # sret models: LayerNorm outputs and q/k/v kept for the backward
 
     @property
     def tmacs_per_s(self) -> Optional[float]:
@@ -271,6 +273,11 @@ def benchmark(cfg: BenchConfig, macs_cache: Optional[dict[tuple, float]] = None)
         if not hasattr(model, "set_grad_checkpointing"):
             raise SReTError(f"{cfg.model} does not support gradient checkpointing")
         model.set_grad_checkpointing(True)
+    if cfg.keep_activations is not None:
+        if not hasattr(model, "set_keep_activations"):
+            raise SReTError(f"--keep-activations / --no-keep-activations: {cfg.model} is not an sret model")
+        model.set_keep_activations(cfg.keep_activations)
+    result.keep_activations = getattr(model, "keep_activations", None)
     model.train(cfg.bench == "train")
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(cfg.batch_size, 3, img_size, img_size, device=device, generator=gen)
@@ -415,8 +422,8 @@ def environment(device: torch.device) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------------- output
 RESULT_COLUMNS = (
     "model", "bench", "attn_impl", "mode", "batch_size", "img_size", "amp_dtype", "channels_last",
-    "grad_checkpointing", "params", "gmacs", "samples_per_s", "step_ms", "peak_mem_gib", "tmacs_per_s",
-    "first_step_s", "device", "error", "step_ms_repeats",
+    "grad_checkpointing", "keep_activations", "params", "gmacs", "samples_per_s", "step_ms", "peak_mem_gib",
+    "tmacs_per_s", "first_step_s", "device", "error", "step_ms_repeats",
 )
 
 
@@ -498,6 +505,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fullgraph", action="store_true", help="compile with fullgraph=True (fail on graph breaks)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (conv stem)")
     parser.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing in training")
+    parser.add_argument("--keep-activations", action=argparse.BooleanOptionalAction, default=None,
+                        help="sret models in training: keep LayerNorm outputs and q/k/v for the backward (faster, "
+                             "more memory) or recompute them (default: the model's own setting)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="capture the whole step as one CUDA graph and time its replays (CUDA only)")
     parser.add_argument("--attn-impl", nargs="+", choices=("sdpa", "math"), default=None,
@@ -542,6 +552,7 @@ def configs_from_args(args: argparse.Namespace) -> list[BenchConfig]:
                     model=name, bench=bench, batch_size=batch, img_size=args.img_size, amp_dtype=args.amp_dtype,
                     compile=args.compile, compile_mode=args.compile_mode, fullgraph=args.fullgraph,
                     channels_last=args.channels_last, grad_checkpointing=args.grad_checkpointing, attn_impl=impl,
+                    keep_activations=args.keep_activations if is_sret_model(name) else None,
                     cuda_graph=args.cuda_graph,
                     warmup=warmup, iters=iters, repeats=repeats, device=str(device), num_classes=args.num_classes,
                     opt=args.opt,

@@ -87,6 +87,7 @@ class RecursiveBlock(nn.Module):
             self.coefficient4 = ResidualCoefficient()
         else:
             self.coefficient1 = self.coefficient2 = self.coefficient3 = self.coefficient4 = None
+        self.keep_activations = False  # SReT.set_keep_activations: see fused.attn_residual / fused.mlp_residual
 
     def forward(
         self,
@@ -97,9 +98,9 @@ class RecursiveBlock(nn.Module):
     ) -> torch.Tensor:
         if self._fused_ok(x):
             x = fused.attn_residual(x, self.norm1, self.attn, groups, perm, inv_perm, self.coefficient1,
-                                    self.coefficient2, _drop_path_scale(self.drop_path, x))
+                                    self.coefficient2, _drop_path_scale(self.drop_path, x), self.keep_activations)
             return fused.mlp_residual(x, self.norm2, self.mlp, self.coefficient3, self.coefficient4,
-                                      _drop_path_scale(self.drop_path, x))
+                                      _drop_path_scale(self.drop_path, x), self.keep_activations)
         out = self._compiled_ops(x, groups, perm, inv_perm)  # under torch.compile: the fused kernels as ops
         if out is not None:
             return out
@@ -150,10 +151,12 @@ class NonLinearProjection(nn.Module):
             self.coefficient2 = ResidualCoefficient()
         else:
             self.coefficient1 = self.coefficient2 = None
+        self.keep_activations = False  # SReT.set_keep_activations: see fused.mlp_residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3 and fused.fused_enabled() and _fusable_mlp(self.mlp, self.training):
-            return fused.mlp_residual(x, self.norm1, self.mlp, self.coefficient1, self.coefficient2)
+            return fused.mlp_residual(x, self.norm1, self.mlp, self.coefficient1, self.coefficient2,
+                                      keep=self.keep_activations)
         if _fusable_mlp(self.mlp, self.training) and compiled_ops.enabled(x):
             out = compiled_ops.mlp_residual(x, self.norm1, self.mlp, self.coefficient1, self.coefficient2)
             if out is not None:

@@ -97,7 +97,7 @@ def _mlp_residual_train_op(x: Tensor, ln_w: Tensor, ln_b: Tensor, w1: Tensor, b1
     ctx = _Saved()
     with traceable_launches():
         out = fused._MlpResidual.forward(ctx, x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype, True)
-    h, mean, rstd, w1_16 = ctx.saved_tensors[9:]
+    h, mean, rstd, w1_16 = ctx.saved_tensors[9:13]  # then the LayerNorm output, not kept here (None)
     if w1_16 is None:  # the callers check forward_applies first
         raise RuntimeError(f"sret::mlp_residual_train: no fused kernel for C={x.shape[-1]}, H={w1.shape[0]}")
     return out, h, mean, rstd, w1_16
@@ -110,8 +110,8 @@ def _mlp_residual_backward_op(g: Tensor, x: Tensor, ln_w: Tensor, ln_b: Tensor, 
                               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """d (x, ln_w, ln_b, w1, b1, w2, b2, c1, c2) of ``sret::mlp_residual_train``: the fused sublayer's backward."""
     # low=None: no low-precision copy of dx for the sublayer before (fused.py's attribute cannot cross an op boundary)
-    ctx = _Saved((x, ln_w, ln_b, w1, w2, b2, c1, c2, scale, h, mean, rstd, w1_16), eps=eps, dtype=dtype, triton=True,
-                 low=None)
+    ctx = _Saved((x, ln_w, ln_b, w1, w2, b2, c1, c2, scale, h, mean, rstd, w1_16, None), eps=eps, dtype=dtype,
+                 triton=True, low=None)  # None: the LayerNorm output is recomputed
     with traceable_launches():
         grads = fused._MlpResidual.backward(ctx, g)[:9]
     return _filled(grads, x)
@@ -149,7 +149,7 @@ def _attn_residual_train_op(x: Tensor, ln_w: Tensor, ln_b: Tensor, wqkv: Tensor,
         raise RuntimeError(f"sret::attn_residual_train: the Triton attention kernels do not take this shape "
                            f"({groups} groups of {x.shape[1] // groups} tokens, {heads} heads)")
     saved = ctx.saved_tensors
-    mean, rstd, (bqkv16, o, lse) = saved[11], saved[12], saved[15:]
+    mean, rstd, (bqkv16, o, lse) = saved[11], saved[12], saved[17:]  # 15, 16: the kept LayerNorm output, q/k/v
     return out, mean, rstd, _own(saved[4], wqkv), _own(bqkv16, bqkv), o, lse
 
 
@@ -164,8 +164,8 @@ def _attn_residual_backward_op(g: Tensor, x: Tensor, ln_w: Tensor, ln_b: Tensor,
     head_dim = x.shape[-1] // heads
     wqkv_e = fused._pad_heads(wqkv, heads, head_dim, width) if width else wqkv
     wp_e = fused._pad_heads(wp.t(), heads, head_dim, width).t() if width else wp
-    ctx = _Saved((x, ln_w, ln_b, wqkv_e, wqkv16, wp, wp_e, bp, c1, c2, scale, mean, rstd, perm, inv_perm, bqkv16, o,
-                  lse), eps=eps, dtype=dtype, triton=True, attend=None, heads=heads, width=width,
+    ctx = _Saved((x, ln_w, ln_b, wqkv_e, wqkv16, wp, wp_e, bp, c1, c2, scale, mean, rstd, perm, inv_perm, None, None,
+                  bqkv16, o, lse), eps=eps, dtype=dtype, triton=True, attend=None, heads=heads, width=width,
                  shuffled=perm is not None, backend="triton", groups=groups, attn_scale=attn_scale, low=None)
     with traceable_launches():
         grads = fused._AttnResidual.backward(ctx, g)[:9]

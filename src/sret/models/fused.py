@@ -389,29 +389,33 @@ class _MlpResidual(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps: float, dtype: torch.dtype, training: bool,
-                low: Optional[tuple] = None, share: Optional[tuple] = None):
+                low: Optional[tuple] = None, share: Optional[tuple] = None, keep: bool = False):
         B, N, C = x.shape
         triton = _use_triton(x)
+        keep = keep and training  # the LayerNorm output kept for the backward instead of recomputed there
         fused = _kernels.mlp_residual_forward(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype,
-                                              save=training, return_w1=True)
-        w1_16 = None
-        if fused is not None:  # one Triton launch (CUDA, bf16/fp16)
-            out, h, mean, rstd, w1_16 = fused  # w1_16: fc1's weight as the kernel read it, kept for backward
+                                              save=training, return_w1=True, keep_xn=keep)
+        w1_16 = xn = None
+        if fused is not None:  # the kernel paths (CUDA, bf16/fp16); xn None where the path does not keep it
+            out, h, mean, rstd, w1_16, *kept = fused  # w1_16: fc1's weight as the kernel read it, kept for backward
+            xn = kept[0] if kept else None
             triton = True
         else:
             x2 = x.reshape(B * N, C)
             with torch.autocast(x.device.type, enabled=False):
-                xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton)  # (B*N, C) in dtype
-                h = torch.addmm(b1.to(dtype), xn, w1.to(dtype).t())  # (B*N, hidden)
+                # (B*N, C) in dtype; kept on the Triton LayerNorm: with the ones column the backward's GEMM takes
+                xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton, ones_column=keep and triton)
+                h = torch.addmm(b1.to(dtype), xn[:, :C], w1.to(dtype).t())  # (B*N, hidden)
                 y = torch.addmm(b2.to(dtype), F.gelu(h), w2.to(dtype).t())  # (B*N, C)
                 out = _residual(x, y.view(B, N, C), c1, _branch_scale(c2, scale, B))
-        ctx.save_for_backward(x, ln_w, ln_b, w1, w2, b2, c1, c2, scale, h, mean, rstd, w1_16)
+            xn = xn if keep else None
+        ctx.save_for_backward(x, ln_w, ln_b, w1, w2, b2, c1, c2, scale, h, mean, rstd, w1_16, xn)
         ctx.eps, ctx.dtype, ctx.triton, ctx.low, ctx.share = eps, dtype, triton, low, share
         return out
 
     @staticmethod
     def backward(ctx, g):
-        x, ln_w, ln_b, w1, w2, b2, c1, c2, scale, h, mean, rstd, w1_16 = ctx.saved_tensors
+        x, ln_w, ln_b, w1, w2, b2, c1, c2, scale, h, mean, rstd, w1_16, xn = ctx.saved_tensors
         dtype, triton = ctx.dtype, ctx.triton
         B, N, C = x.shape
         g = g.contiguous()
@@ -439,12 +443,12 @@ class _MlpResidual(torch.autograd.Function):
         handed = shared_weights.handed_to(share)
         # dw2 (C, hidden): gw2's padding columns dropped
         dx, dlw, dlb, dw1, db1, dc1, (dw2, db2, dc2), added = _ln_linear_backward(
-            dh, x, ln_w, ln_b, w1, mean, rstd, g, c1, scale, ctx.eps, dtype, triton, w16=w1_16, low=ctx.low,
+            dh, x, ln_w, ln_b, w1, mean, rstd, g, c1, scale, ctx.eps, dtype, triton, xn=xn, w16=w1_16, low=ctx.low,
             proj=(gw2, w2, b2, c2), lin_rows=hidden, add=handed)
         if dw1.shape[0] > hidden:  # back to the parameters' shapes
             dw1, db1 = dw1[:hidden].contiguous(), db1[:hidden].contiguous()
         grads = _add_handed((dlw, dlb, dw1, db1, dw2, db2, dc1, dc2), None if added else handed)
-        return (dx, *shared_weights.pass_on(share, grads), None, None, None, None, None, None)
+        return (dx, *shared_weights.pass_on(share, grads)) + (None,) * 7
 
 
 # ----------------------------------------------------------------------------------------- the attention sublayer
@@ -583,9 +587,12 @@ class _AttnResidual(torch.autograd.Function):
     def forward(ctx, x, ln_w, ln_b, wqkv, bqkv, wp, bp, c1, c2, scale, eps: float, dtype: torch.dtype,
                 attend: Callable[..., torch.Tensor], perm: Optional[torch.Tensor], inv_perm: Optional[torch.Tensor],
                 heads: int, width: int, training: bool, groups: int, attn_scale: float, sdpa: bool,
-                low: Optional[tuple] = None, share: Optional[tuple] = None):
+                low: Optional[tuple] = None, share: Optional[tuple] = None, keep: bool = False):
         B, N, C = x.shape
         triton = _use_triton(x)
+        # ``keep``: the LayerNorm output (on the Triton path with the ones column the backward's weight-gradient GEMM
+        # takes) and q/k/v are kept for the backward instead of recomputed there
+        keep = keep and training
         # A token shuffle inside the kernels: the LayerNorm reads the rows in shuffled order and the residual reads
         # the branch back through the inverse, so the shuffle and un-shuffle cost no passes of their own. In training
         # q/k/v are saved in that order and the backward stays in it (see ``backward``).
@@ -595,13 +602,16 @@ class _AttnResidual(torch.autograd.Function):
         wqkv_e, wp_e, wqkv16, bqkv16, wp16, bp16 = _attention_operands(wqkv, bqkv, wp, bp, heads, width, cp, dtype)
         x2 = x.reshape(B * N, C)
         with torch.autocast(x.device.type, enabled=False):
+            ones = keep and triton  # kept: rows ones_column_width(C) >= cp wide, the ones column times zero weights
             if shuffle_in_kernels:
                 # (B*N, cp), shuffled order; in training the statistics in grid order, where the backward uses them
-                xn, mean, rstd = _ln.ln_forward(x2, ln_w, ln_b, eps, dtype, width=cp, rows=perm,
+                xn, mean, rstd = _ln.ln_forward(x2, ln_w, ln_b, eps, dtype, ones_column=ones,
+                                                width=None if ones else cp, rows=perm,
                                                 stats_in_input_order=training and _GATHER_IN_KERNELS)
             else:
-                xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton, width=cp)
-            qkv = torch.addmm(bqkv16, xn, wqkv16.t()).view(B, N, -1)  # (B, N, 3 * heads * D)
+                xn, mean, rstd = _layer_norm(x2, ln_w, ln_b, eps, dtype, triton, ones_column=ones,
+                                             width=None if ones else cp)
+            qkv = torch.addmm(bqkv16, xn[:, :cp], wqkv16.t()).view(B, N, -1)  # (B, N, 3 * heads * D)
             backend = grouped = None
             if sdpa and (perm is None or shuffle_in_kernels):
                 # The Triton kernels where they apply (inference: the shapes group_attention takes; training: those
@@ -644,8 +654,9 @@ class _AttnResidual(torch.autograd.Function):
             core = (bqkv16, o4, lse, seed, offset)
         else:
             core = (qkv,)
+        kept = (xn if keep else None, qkv if keep and backend is not None else None)
         ctx.save_for_backward(x, ln_w, ln_b, wqkv_e, wqkv16, wp, wp_e, bp, c1, c2, scale, mean, rstd, perm, inv_perm,
-                              *core)
+                              *kept, *core)
         ctx.eps, ctx.dtype, ctx.triton, ctx.attend, ctx.heads, ctx.width = eps, dtype, triton, attend, heads, width
         ctx.shuffled, ctx.backend, ctx.groups, ctx.attn_scale = shuffle_in_kernels, backend, groups, attn_scale
         ctx.low, ctx.share = low, share
@@ -653,7 +664,7 @@ class _AttnResidual(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        x, ln_w, ln_b, wqkv_e, wqkv16, wp, wp_e, bp, c1, c2, scale, mean, rstd, perm, inv_perm, *core = \
+        x, ln_w, ln_b, wqkv_e, wqkv16, wp, wp_e, bp, c1, c2, scale, mean, rstd, perm, inv_perm, xn, qkv, *core = \
             ctx.saved_tensors
         dtype, triton, heads, width, backend = ctx.dtype, ctx.triton, ctx.heads, ctx.width, ctx.backend
         B, N, C = x.shape
@@ -662,18 +673,17 @@ class _AttnResidual(torch.autograd.Function):
         shuffled = ctx.shuffled  # q/k/v in the shuffled token order: the whole branch stays in it
         # d out / d (c2 * branch), what the projection's GEMMs take; shuffled: in the same token order
         g_s = _branch_grad(g, scale, dtype, perm if shuffled else None, low_copy_width(C) if triton else C)
-        xn = None
-        if backend == "triton":  # q/k/v recomputed (one GEMM), then one or two launches from (q/k/v, do) to d qkv
-            bqkv16, o, lse = core
+        if backend is not None and xn is None:  # not kept: the LayerNorm output recomputed
             xn = _recompute_ln(x, ln_w, ln_b, ctx.eps, dtype, triton, perm if shuffled else None)
-            qkv = torch.addmm(bqkv16, xn[:, :wqkv16.shape[1]], wqkv16.t()).view(B, N, -1)  # ones column x 0
+        if backend is not None and qkv is None:  # not kept: q/k/v recomputed (one GEMM)
+            qkv = torch.addmm(core[0], xn[:, :wqkv16.shape[1]], wqkv16.t()).view(B, N, -1)  # ones column x 0
+        if backend == "triton":  # one or two launches from (q/k/v, do) to d qkv
+            bqkv16, o, lse = core
             do, gwp = _projection_grads(g_s.view(B * N, -1), o, wp_e, c2, dtype, share)
             dqkv = group_attention_backward(qkv, do.view(B, N, -1), ctx.groups, heads, ctx.attn_scale,
                                             o=o.view(B, N, -1), lse=lse)
-        elif backend is not None:  # the kept core: q/k/v recomputed (one GEMM), the fused kernel's own backward
+        elif backend is not None:  # the kept core: the fused kernel's own backward
             bqkv16, o4, lse, seed, offset = core
-            xn = _recompute_ln(x, ln_w, ln_b, ctx.eps, dtype, triton, perm if shuffled else None)
-            qkv = torch.addmm(bqkv16, xn[:, :wqkv16.shape[1]], wqkv16.t()).view(B, N, -1)  # ones column x 0
             q, k, v = split_qkv(qkv, ctx.groups, heads)  # (B*G, heads, n, D) views
             do, gwp = _projection_grads(g_s.view(B * N, -1), _merge_heads(o4, B).reshape(B * N, -1), wp_e, c2, dtype,
                                         share)
@@ -701,7 +711,7 @@ class _AttnResidual(torch.autograd.Function):
             dwqkv = _unpad_heads(dwqkv, heads, width, C // heads)
             dbqkv = _unpad_heads(dbqkv, heads, width, C // heads)
         grads = _add_handed((dlw, dlb, dwqkv, dbqkv, dwp, dbp, dc1, dc2), None if added else handed)
-        return (dx, *shared_weights.pass_on(share, grads)) + (None,) * 14
+        return (dx, *shared_weights.pass_on(share, grads)) + (None,) * 15
 
 
 # ------------------------------------------------------------------------------------------------ entry points
@@ -749,14 +759,18 @@ def _call(fn: type[torch.autograd.Function], graph: bool, *args):
     return fn.apply(*args) if graph else fn.forward(_NoGraph(), *args)
 
 
-def mlp_residual(x: torch.Tensor, norm, mlp, c1, c2, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Fused ``c1 * x + c2 * s * mlp(norm(x))`` for a ``TokenLayerNorm`` and a timm ``Mlp`` (GELU, no norm)."""
+def mlp_residual(x: torch.Tensor, norm, mlp, c1, c2, scale: Optional[torch.Tensor] = None,
+                 keep: bool = False) -> torch.Tensor:
+    """Fused ``c1 * x + c2 * s * mlp(norm(x))`` for a ``TokenLayerNorm`` and a timm ``Mlp`` (GELU, no norm).
+    ``keep``: in training, the LayerNorm output is kept for the backward instead of recomputed there (faster, one
+    (tokens, C) tensor in the compute dtype more memory per sublayer)."""
     a, b = _coefs(c1, c2)
     graph = _builds_graph(x, mlp.fc1.weight, mlp.fc2.weight, norm.weight)
     x, dtype = x.contiguous(), compute_dtype(x)
     low = _low_copy_request(x, dtype) if graph else None
     params = (norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias, a, b)
-    out = _call(_MlpResidual, graph, x, *params, scale, norm.eps, dtype, graph, low, _hand_over(graph, params))
+    out = _call(_MlpResidual, graph, x, *params, scale, norm.eps, dtype, graph, low, _hand_over(graph, params),
+                keep)
     return _mark_output(out, scale) if graph else out
 
 
@@ -771,9 +785,12 @@ def padded_head_width(attn) -> int:
 
 
 def attn_residual(x: torch.Tensor, norm, attn, groups: int, perm: Optional[torch.Tensor],
-                  inv_perm: Optional[torch.Tensor], c1, c2, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  inv_perm: Optional[torch.Tensor], c1, c2, scale: Optional[torch.Tensor] = None,
+                  keep: bool = False) -> torch.Tensor:
     """Fused ``c1 * x + c2 * s * proj(attend(qkv(norm(x))))`` for a ``SlicedGroupAttention`` with ``groups`` groups
-    over tokens shuffled by ``perm`` (optional; ``inv_perm`` its inverse, made here if None)."""
+    over tokens shuffled by ``perm`` (optional; ``inv_perm`` its inverse, made here if None). ``keep``: in training,
+    the LayerNorm output and q/k/v are kept for the backward instead of recomputed there (faster; per sublayer a
+    (tokens, C) and a (tokens, 3C) tensor in the compute dtype more memory)."""
     if perm is not None and inv_perm is None:
         inv_perm = invert_permutation(perm)
 
@@ -787,7 +804,7 @@ def attn_residual(x: torch.Tensor, norm, attn, groups: int, perm: Optional[torch
     low = _low_copy_request(x, dtype) if graph else None
     params = (norm.weight, norm.bias, attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn.proj.bias, a, b)
     out = _call(_AttnResidual, graph, x, *params, scale, norm.eps, dtype, attend, perm, inv_perm, attn.num_heads,
-                width, graph, groups, attn.scale, attn.attn_impl == "sdpa", low, _hand_over(graph, params))
+                width, graph, groups, attn.scale, attn.attn_impl == "sdpa", low, _hand_over(graph, params), keep)
     if not graph:
         return out
     # the backward works in the shuffled token order where the kernels shuffle (see _AttnResidual.forward)

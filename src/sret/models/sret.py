@@ -25,6 +25,7 @@ from torch import nn
 from sret.errors import SReTError
 from sret.models import batchnorm_kernels, fused, image_layout, pool_kernels, stem_conv
 from sret.models.attention import AttnImpl
+from sret.models.blocks import NonLinearProjection, RecursiveBlock
 from sret.models.stage import EvalPermutation, RecursiveStage
 
 __all__ = ["SReT", "ConvStem", "DepthwisePool", "resample_pos_embed", "stem_grid"]
@@ -325,6 +326,11 @@ class SReT(nn.Module):
         dynamic_img_size: Accept any input size whose grids divide by the groups; ``pos_embed`` is resampled on
             the fly.
         attn_impl: ``"sdpa"`` (fused kernels) or ``"math"`` (explicit attention matrices: baseline and oracle).
+        keep_activations: In training on the fused sublayers, keep each sublayer's LayerNorm output and the
+            attention's q/k/v for the backward instead of recomputing them there: a faster step for more memory
+            (SReT-S at batch 256 on an H100: docs/perf_notes.md, change 58). Off by default, and for the SReT-T
+            family, whose training must fit in 5 GiB at batch 256; on for the SReT-S family. Changes no value a
+            parameter or its gradient takes beyond rounding. ``set_keep_activations`` switches it later.
     """
 
     def __init__(
@@ -353,6 +359,7 @@ class SReT(nn.Module):
         global_pool: str = "avg",
         dynamic_img_size: bool = False,
         attn_impl: AttnImpl = "sdpa",
+        keep_activations: bool = False,
     ) -> None:
         super().__init__()
         if global_pool not in ("avg", ""):
@@ -418,6 +425,7 @@ class SReT(nn.Module):
 
         trunc_normal_(self.pos_embed, std=0.02)
         self.apply(self._init_norms)
+        self.set_keep_activations(keep_activations)
 
     @staticmethod
     def _init_norms(module: nn.Module) -> None:
@@ -442,6 +450,14 @@ class SReT(nn.Module):
         self.grad_checkpointing = enable
         for stage in self.transformers:
             stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def set_keep_activations(self, enable: bool = True) -> None:
+        """Keep (True) or recompute (False) the fused sublayers' LayerNorm outputs and q/k/v for the backward."""
+        self.keep_activations = enable
+        for module in self.modules():
+            if isinstance(module, (RecursiveBlock, NonLinearProjection)):
+                module.keep_activations = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

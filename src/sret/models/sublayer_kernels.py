@@ -104,13 +104,16 @@ if triton is not None:
             tl.store(W2P + idx, w.to(W2P.dtype.element_ty), mask=idx < CP * HP)
 
     @triton.jit
-    def _mlp_residual_fwd_pw(X, LNW, LNB, W1P, B1, W2P, B2, C1, K, OUT, HOUT, MEAN, RSTD, M, C: tl.constexpr, H, HP,
-                             N_TOK, eps, HAS_C1: tl.constexpr, K_PER_SAMPLE: tl.constexpr, SAVE: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr):
+    def _mlp_residual_fwd_pw(X, LNW, LNB, W1P, B1, W2P, B2, C1, K, OUT, HOUT, MEAN, RSTD, XN, M, C: tl.constexpr, H,
+                             HP, N_TOK, eps, HAS_C1: tl.constexpr, K_PER_SAMPLE: tl.constexpr, SAVE: tl.constexpr,
+                             XN_W: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+                             BLOCK_H: tl.constexpr):
         """The one-launch MLP sublayer over prepared weights: W1P (HP, BLOCK_C) and W2P (BLOCK_C, HP) already in the
         compute dtype and zero-padded (HP a multiple of BLOCK_H), so the weight tiles go from memory straight into the
         two dots (unmasked, 16-byte rows: the compiler can stage them through shared memory ahead of use) instead of
-        through registers for a cast. x is read again for the residual rather than kept live across the H loop."""
+        through registers for a cast. x is read again for the residual rather than kept live across the H loop.
+        ``XN_W`` > 0 (with SAVE): the LayerNorm output is also written to XN, rows XN_W wide with a ones column at C
+        (``layernorm.ln_forward(ones_column=True)``'s layout), for a backward that keeps it."""
         eps = tl.cast(eps, tl.float32)  # fp64 where Inductor launches it
         pid = tl.program_id(0)
         rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -127,6 +130,10 @@ if triton is not None:
         lw = tl.load(LNW + cols, mask=cmask, other=0.0).to(tl.float32)
         lb = tl.load(LNB + cols, mask=cmask, other=0.0).to(tl.float32)
         xn = (xc * rstd[:, None] * lw[None, :] + lb[None, :]).to(dt)  # (BLOCK_M, BLOCK_C), zero past C
+        if XN_W > 0:
+            tl.store(XN + rows[:, None].to(tl.int64) * XN_W + cols[None, :],
+                     tl.where(cols[None, :] == C, 1.0, xn.to(tl.float32)).to(dt),
+                     mask=rmask[:, None] & (cols < XN_W)[None, :])
         acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
         hr = tl.arange(0, BLOCK_H)
         w1_ptr = W1P + hr[:, None] * BLOCK_C + cols[None, :]  # (BLOCK_H, BLOCK_C) tile of W1P
@@ -373,22 +380,28 @@ def _cublas_operands(w1, b1, w2, b2, hp: int, cp: int, dtype: torch.dtype):
     return shared_weights.memoized(make, (w1, b1, w2, b2), "cublas", hp, cp, dtype)
 
 
-def _mlp_cublas(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype, save):
+def _mlp_cublas(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype, save, keep_xn=False):
     """The MLP sublayer as LayerNorm kernel -> cuBLAS fc1 -> GELU -> cuBLAS fc2 -> residual kernel, every GEMM
     operand and output on 16-byte aligned rows (C to a multiple of 8 with zero columns, H to a multiple of
     :data:`_GEMM_PAD`). For wide, long sublayers (SReT-S's stage 1: C = 252, 50k rows), where the one-launch kernel
     streams both weight matrices from L2 once per 32-row tile (~1.2 GB a call) and the Triton GEMMs' short K loops
     stay far from the bandwidth floor. The rounding points are the autocast path's: addmm adds its bf16 bias in
-    float32 and rounds once, as the kernels do; the padding adds exact zeros."""
+    float32 and rounds once, as the kernels do; the padding adds exact zeros. Returns ``(out, h, mean, rstd, w1p,
+    xn)``; with ``save`` and ``keep_xn`` xn is the LayerNorm output with a ones column at C (the layout of
+    ``layernorm.ln_forward(ones_column=True)``, which fc1 reads as its first cp columns: W1's are zero from C on),
+    else None."""
     B, N, C = x.shape
     M, H = B * N, w1.shape[0]
     cp, hp = C + (-C % 8), cdiv(H, _GEMM_PAD) * _GEMM_PAD  # cp: fused.aligned_width(C) (fused imports this module)
     w1p, b1p, w2p, b2p = _cublas_operands(w1, b1, w2, b2, hp, cp, dtype)
-    xn, mean, rstd = _ln.ln_forward(x.view(M, C), ln_w, ln_b, eps, dtype, width=cp)  # (M, cp), zeros past C
-    h = torch.addmm(b1p, xn, w1p.t())  # (M, hp) fc1 output: zero columns past H (zero weight rows and bias)
+    keep_xn = keep_xn and save
+    # (M, cp), zeros past C; kept: (M, ones_column_width(C) >= cp), its ones column past fc1's operand or times zeros
+    xn, mean, rstd = _ln.ln_forward(x.view(M, C), ln_w, ln_b, eps, dtype, ones_column=keep_xn,
+                                    width=None if keep_xn else cp)
+    h = torch.addmm(b1p, xn[:, :cp], w1p.t())  # (M, hp) fc1 output: zero columns past H (zero weight rows and bias)
     y = torch.addmm(b2p, F.gelu(h), w2p.t())  # (M, cp): zero columns past C
     out = residual_forward(x, y.view(B, N, cp)[..., :C], c1, c2, scale)
-    return out, (h if save else None), mean, rstd, w1p
+    return out, (h if save else None), mean, rstd, w1p, (xn if keep_xn else None)
 
 
 def prepared_weights(w1: torch.Tensor, w2: torch.Tensor, block_c: int, block_h: int, dtype: torch.dtype):
@@ -411,26 +424,30 @@ def _prepared_weights_now(w1: torch.Tensor, w2: torch.Tensor, block_c: int, bloc
     return w1p, w2p, hp
 
 
-def mlp_residual_prepared(x, ln_w, ln_b, w1p, b1, w2p, b2, c1, k, per_sample, eps, H, hp, save, config):
+def mlp_residual_prepared(x, ln_w, ln_b, w1p, b1, w2p, b2, c1, k, per_sample, eps, H, hp, save, config,
+                          keep_xn: bool = False):
     """Launch :func:`_mlp_residual_fwd_pw` on weights from :func:`prepared_weights`; ``config`` =
-    (BLOCK_M, BLOCK_H, num_warps, num_stages). Returns ``(out, h, mean, rstd)`` (the last three None unless
-    ``save``)."""
+    (BLOCK_M, BLOCK_H, num_warps, num_stages). Returns ``(out, h, mean, rstd, xn)`` (the middle three None unless
+    ``save``; ``xn``, the LayerNorm output with its ones column, None unless ``save`` and ``keep_xn`` and its row
+    fits the kernel's tile)."""
     B, N, C = x.shape
     M = B * N
     block_m, block_h, warps, stages = config
     dtype = w1p.dtype
     out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+    xn_w = _ln.ones_column_width(C) if save and keep_xn and _ln.ones_column_width(C) <= w1p.shape[1] else 0
     if save:
         h = torch.empty((M, hp), device=x.device, dtype=dtype)
         mean = torch.empty(M, device=x.device, dtype=torch.float32)
         rstd = torch.empty_like(mean)
     else:  # never written without SAVE: no allocations (each is host time in eager inference); a read-only input,
         h = mean = rstd = x  # not the output: see group_attention()
+    xn = torch.empty((M, xn_w), device=x.device, dtype=dtype) if xn_w else x
     launchable(_mlp_residual_fwd_pw)[(cdiv(M, block_m),)](
-        x, ln_w, ln_b, w1p, b1, w2p, b2, c1 if c1 is not None else k, k, out, h, mean, rstd, M, int(C), H, hp, N,
-        eps, HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, SAVE=save, BLOCK_M=block_m, BLOCK_C=w1p.shape[1],
-        BLOCK_H=block_h, num_warps=warps, num_stages=stages)
-    return (out, h, mean, rstd) if save else (out, None, None, None)
+        x, ln_w, ln_b, w1p, b1, w2p, b2, c1 if c1 is not None else k, k, out, h, mean, rstd, xn, M, int(C), H, hp,
+        N, eps, HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, SAVE=save, XN_W=xn_w, BLOCK_M=block_m,
+        BLOCK_C=w1p.shape[1], BLOCK_H=block_h, num_warps=warps, num_stages=stages)
+    return (out, h, mean, rstd, xn if xn_w else None) if save else (out, None, None, None, None)
 
 
 def _branch_factor(x: torch.Tensor, c2: Optional[torch.Tensor], scale: Optional[torch.Tensor]):
@@ -444,7 +461,7 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
                          dtype: torch.dtype, save: bool,
                          gemm_tile: Optional[tuple[tuple[int, ...], tuple[int, ...]]] = None,
                          pw_tile: Optional[tuple[int, int, int, int]] = None, return_w1: bool = False,
-                         cublas: Optional[bool] = None):
+                         cublas: Optional[bool] = None, keep_xn: bool = False):
     """``c1 * x + c2 * s * fc2(gelu(fc1(LN(x))))`` for contiguous x (B, N, C): LayerNorm + two cuBLAS GEMMs over
     aligned rows for the shapes in :data:`CUBLAS_MLP`, one launch over prepared weights for those in
     :data:`PW_TILES`, LayerNorm + two GEMM launches for those in :data:`GEMM_TILES`.
@@ -458,15 +475,22 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
 
     ``return_w1``: also return, fifth, fc1's weight as the kernels used it (compute dtype, zero-padded to (H', C')
     with C' >= C): the backward's ``dh @ W1`` reads its first C columns instead of casting and padding W1 again.
+    ``keep_xn`` (with ``save``): also return, last, the LayerNorm output as the backward's weight gradient takes it
+    (``layernorm.ln_forward(ones_column=True)``'s layout), so that the backward need not recompute it; None where
+    the path cannot write it (the two-launch path, rows wider than the one-launch kernel's tile).
     """
     if not kernels_available(x, dtype):
         return None
     C, H = int(x.shape[-1]), int(w1.shape[0])  # int(): see forward_applies
     if cublas is None:
         cublas = not (pw_tile or gemm_tile) and (C, H, save) in CUBLAS_MLP
+
+    def extra(result, w1p, xn):  # what the flags ask for, after (out, h, mean, rstd)
+        return (*result, *((w1p,) if return_w1 else ()), *((xn,) if keep_xn else ()))
+
     if cublas:
-        *result, w1p = _mlp_cublas(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype, save)
-        return (*result, w1p) if return_w1 else tuple(result)
+        *result, w1p, xn = _mlp_cublas(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype, save, keep_xn)
+        return extra(result, w1p, xn)
     pw_config = pw_tile or (None if gemm_tile else PW_TILES.get((C, H, save)))
     gemm_config = gemm_tile or (None if pw_config else GEMM_TILES.get((C, H, save)))
     if pw_config is None and gemm_config is None:  # a shape where neither path beat the PyTorch ops, or unmeasured
@@ -476,13 +500,14 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
         if gemm_config is not None:
             *result, w1p = _mlp_two_launches(x, ln_w, ln_b, w1, b1, w2, b2, c1, k, per_sample, eps, dtype, save,
                                              gemm_config)
+            xn = None
         else:
             w1p, w2p, hp = prepared_weights(w1, w2, max(16, next_power_of_2(C)), pw_config[1], dtype)
-            result = mlp_residual_prepared(x, ln_w, ln_b, w1p, b1, w2p, b2, c1, k, per_sample, eps, H, hp, save,
-                                           pw_config)
+            *result, xn = mlp_residual_prepared(x, ln_w, ln_b, w1p, b1, w2p, b2, c1, k, per_sample, eps, H, hp,
+                                                save, pw_config, keep_xn)
     except triton.runtime.errors.OutOfResources:  # tiles too large for this GPU: the PyTorch ops do it
         return None
-    return (*result, w1p) if return_w1 else tuple(result)
+    return extra(result, w1p, xn)
 
 
 # (C, H, save) of the MLP/NLL sublayers that take :func:`_mlp_cublas`, looked up before the tables below: shapes where

@@ -27,7 +27,8 @@ from sret.models.weights import (
 # Architecture families (SPEC section 4). Sliced models use groups 8/4/1 (first pass) and 2/1/1 (recursive).
 _T = dict(embed_dims=(64, 128, 256), num_heads=(2, 4, 8), mlp_ratio=3.6, nll_ratio=1.0)
 _LT = dict(_T, mlp_ratio=4.0)
-_S = dict(embed_dims=(126, 252, 504), num_heads=(3, 6, 12), mlp_ratio=3.0, nll_ratio=2.0)
+# keep_activations: the SReT-S family trains faster keeping what its backward would recompute (no 5 GiB bar there)
+_S = dict(embed_dims=(126, 252, 504), num_heads=(3, 6, 12), mlp_ratio=3.0, nll_ratio=2.0, keep_activations=True)
 _COMMON = dict(depths=(4, 10, 6), unique_blocks=(2, 5, 3))
 _SLICED = dict(groups1=(8, 4, 1), groups2=(2, 1, 1), sliced=True)
 _NO_SLICE = dict(sliced=False)
