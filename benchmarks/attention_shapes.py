@@ -184,6 +184,87 @@ def sweep_backward(shapes=BACKWARD_SHAPES) -> None:
     print("\n".join(entries) or "    (none)")
 
 
+# SReT-S's schedule: (stage tokens, heads, groups, applications per step), sliced and unsliced
+S_SLICED = [(784, 3, 8, 2), (784, 3, 2, 2), (196, 6, 4, 5), (196, 6, 1, 5), (49, 12, 1, 6)]
+S_UNSLICED = [(784, 3, 1, 4), (196, 6, 1, 10), (49, 12, 1, 6)]
+
+
+def head_widths(widths=(48, 64), head_dim: int = 42) -> None:
+    """SReT-S's 42-wide heads carried at each of ``widths``: per shape, the attention core as the fused model runs
+    it (inference: the Triton kernels where they take the shape, else sdpa with its layout copies; training: the kept
+    core, Triton or the sdpa kernel ``fused._attention_backend`` picks, forward + backward), plus the token GEMMs
+    whose width grows with the heads' (inference: qkv and proj; training: those and the four backward GEMMs), and
+    each model's total per step. A wider head costs GEMM bytes and wasted FLOPs; it may buy faster kernels."""
+    from sret.models import fused
+    from sret.models import group_attention as GA
+    from sret.models.attention import attend_groups, split_qkv
+
+    print(torch.cuda.get_device_name(), torch.__version__)
+    print(f"{'tokens':>6} {'heads':>5} {'groups':>6} {'n':>4} {'width':>5} {'core inf':>9} {'core train':>10} "
+          f"{'gemm inf':>9} {'gemm train':>10}  (us a call; core paths)")
+    totals: dict[tuple[str, int], list[float]] = {}
+    for model, schedule in (("sret_s", S_SLICED), ("sret_s_wo_slice", S_UNSLICED)):
+        for tokens, heads, groups, apps in schedule:
+            n, C = tokens // groups, heads * head_dim
+            cp = C + (-C % 8)
+            for width in widths:
+                gen = torch.Generator(device="cuda").manual_seed(0)
+                qkv = torch.randn(BATCH, tokens, 3 * heads * width, device="cuda", dtype=torch.bfloat16, generator=gen)
+                do = torch.randn(BATCH, tokens, heads * width, device="cuda", dtype=torch.bfloat16, generator=gen)
+                scale = head_dim**-0.5
+                inf_path = "triton" if GA.group_attention(qkv, groups, heads, scale) is not None else "sdpa"
+
+                def infer():
+                    out = GA.group_attention(qkv, groups, heads, scale)
+                    return out if out is not None else attend_groups(qkv, groups, heads, width, scale)
+
+                train_path = "triton" if GA.backward_applies(qkv, groups, heads) else None
+
+                def train():
+                    if train_path == "triton":
+                        o, lse = GA.group_attention(qkv, groups, heads, scale, keep_lse=True)
+                        return GA.group_attention_backward(qkv, do, groups, heads, scale, o=o, lse=lse)
+                    q, k, v = split_qkv(qkv, groups, heads)
+                    backend = fused._attention_backend(q, k, v, scale)
+                    o4, state = fused._attention_forward(q, k, v, scale, backend)
+                    do4 = do.view(BATCH, groups, n, heads, width).permute(0, 1, 3, 2, 4).reshape(q.shape)
+                    grads = fused._attention_backward(do4, q, k, v, o4, state, scale, backend)
+                    return torch.stack([fused._merge_heads(d, BATCH) for d in grads], dim=2)
+
+                if train_path is None:
+                    q, k, v = split_qkv(qkv, groups, heads)
+                    train_path = fused._attention_backend(q, k, v, scale)
+                M = BATCH * tokens
+                xn = torch.randn(M, cp, device="cuda", dtype=torch.bfloat16, generator=gen)
+                wqkv = torch.randn(3 * heads * width, cp, device="cuda", dtype=torch.bfloat16, generator=gen)
+                bqkv = torch.randn(3 * heads * width, device="cuda", dtype=torch.bfloat16, generator=gen)
+                wp = torch.randn(cp, heads * width, device="cuda", dtype=torch.bfloat16, generator=gen)
+                bp = torch.randn(cp, device="cuda", dtype=torch.bfloat16, generator=gen)
+                o2, g2 = do.view(M, -1), xn
+                dqkv = qkv.view(M, -1)
+
+                def gemm_inf():
+                    torch.addmm(bqkv, xn, wqkv.t())
+                    torch.addmm(bp, o2, wp.t())
+
+                def gemm_train():
+                    gemm_inf()
+                    torch.mm(g2, wp)  # d o
+                    torch.mm(g2.t(), o2)  # d Wp
+                    torch.mm(dqkv, wqkv)  # d LN(x)
+                    torch.mm(dqkv.t(), xn)  # d Wqkv
+
+                row = [do_bench_cudagraph(f) * 1e3 for f in (infer, train, gemm_inf, gemm_train)]
+                print(f"{tokens:6d} {heads:5d} {groups:6d} {n:4d} {width:5d} {row[0]:9.1f} {row[1]:10.1f} "
+                      f"{row[2]:9.1f} {row[3]:10.1f}  ({inf_path}, {train_path})", flush=True)
+                acc = totals.setdefault((model, width), [0.0, 0.0])
+                acc[0] += apps * (row[0] + row[2]) / 1e3
+                acc[1] += apps * (row[1] + row[3]) / 1e3
+    print("per step, attention core + its GEMMs, ms (inference, training):")
+    for (model, width), (inf_ms, train_ms) in totals.items():
+        print(f"  {model:16s} width {width}: {inf_ms:6.2f} {train_ms:7.2f}")
+
+
 def triton_next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
@@ -193,7 +274,12 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="time the Triton group attention's tile configs")
     parser.add_argument("--sweep-backward", action="store_true", help="the same for forward + backward")
     parser.add_argument("--sret-s", action="store_true", help="with --sweep-backward: SReT-S's 48-wide shapes")
+    parser.add_argument("--head-widths", action="store_true",
+                        help="SReT-S's heads carried 48 and 64 wide: attention core and token GEMMs per shape")
     args = parser.parse_args()
+    if args.head_widths:
+        head_widths()
+        return
     if args.sweep:
         sweep()
         return

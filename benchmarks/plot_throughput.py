@@ -54,13 +54,16 @@ def plot(results: list[dict], env: dict, out: Path, graph_only: bool = False) ->
                 face = "none" if compiled else color
                 ax.scatter(r["gmacs"], r["samples_per_s"], s=60, marker=marker, facecolors=face, edgecolors=color,
                            zorder=3)
-            # above right, or below left where a point of the other family lies just right of this one (sret_s and
-            # DeiT-S): the label would run into its marker
-            crowded = any(o["model"].startswith("sret") != sret and 0 < o["gmacs"] - r["gmacs"] < 0.6
-                          and abs(np.log(o["samples_per_s"] / r["samples_per_s"])) < 0.1 for o in rows)
+            # above right, unless another marker lies close above (then below, if that side is clear) or close to
+            # the right (then left): the label would run into it (sret_s, DeiT-S and sret_s_wo_slice sit together)
+            near = [(o["gmacs"] - r["gmacs"], float(np.log(o["samples_per_s"] / r["samples_per_s"]))) for o in rows
+                    if o is not r and abs(o["gmacs"] - r["gmacs"]) < 0.6
+                    and abs(np.log(o["samples_per_s"] / r["samples_per_s"])) < 0.25]
+            below = any(dy > 0 for _, dy in near) and not any(dy < 0 for _, dy in near)
+            left = any(dx > 0 for dx, _ in near)
             ax.annotate(label(r) + (" [compiled]" if compiled else ""), (r["gmacs"], r["samples_per_s"]),
-                        textcoords="offset points", xytext=(-5, -11) if crowded else (5, 4),
-                        ha="right" if crowded else "left", fontsize=7)
+                        textcoords="offset points", xytext=(-5 if left else 5, -11 if below else 4),
+                        ha="right" if left else "left", fontsize=7)
         ref = [r for r in rows if r["model"] == "deit_tiny_patch16_224" and r["mode"] == ref_mode]
         if ref:
             tmacs = ref[0]["samples_per_s"] * ref[0]["gmacs"]
