@@ -265,6 +265,64 @@ def head_widths(widths=(48, 64), head_dim: int = 42) -> None:
         print(f"  {model:16s} width {width}: {inf_ms:6.2f} {train_ms:7.2f}")
 
 
+def backends(width: int = 48, head_dim: int = 42) -> None:
+    """SReT-S's shapes that run an sdpa kernel, on each of sdpa's fused kernels: inference as ``attend_groups`` runs
+    it (layout views and the copy back to tokens) under ``sdpa_kernel`` of cuDNN, flash and memory-efficient
+    attention; training as the kept core of ``fused.py`` with the cuDNN and the flash ops (forward with log-sum-exp,
+    backward, gradients stacked into qkv's layout), and the memory-efficient kernel through autograd. Microseconds a
+    call; "-" where a kernel refuses the shape."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from sret.models import fused
+    from sret.models.attention import attend_groups, split_qkv
+
+    print(torch.cuda.get_device_name(), torch.__version__)
+    kinds = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    print(f"{'tokens':>6} {'heads':>5} {'groups':>6} {'n':>4} " + " ".join(f"{'inf ' + k:>13}" for k in kinds)
+          + " " + " ".join(f"{'train ' + k:>15}" for k in kinds))
+    for tokens, heads, groups, _ in [(784, 3, 8, 2), (784, 3, 2, 2), (196, 6, 1, 5), (784, 3, 1, 4)]:
+        n = tokens // groups
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        qkv = torch.randn(BATCH, tokens, 3 * heads * width, device="cuda", dtype=torch.bfloat16, generator=gen)
+        do = torch.randn(BATCH, tokens, heads * width, device="cuda", dtype=torch.bfloat16, generator=gen)
+        scale = head_dim**-0.5
+        ref = attend_groups(qkv.float(), groups, heads, width, scale)
+        row = []
+        for kind in kinds.values():
+            def infer(kind=kind):
+                with sdpa_kernel([kind]):
+                    return attend_groups(qkv, groups, heads, width, scale)
+            try:
+                err = ((infer().float() - ref).norm() / ref.norm()).item()
+                if err > 1e-2:
+                    raise SystemExit(f"{kind} inference for n={n}: relative error {err:.2e}")
+                row.append(f"{do_bench_cudagraph(infer) * 1e3:13.1f}")
+            except RuntimeError:
+                row.append(f"{'-':>13}")
+        for name in kinds:
+            if name == "efficient":
+                qkv_g = qkv.detach().requires_grad_(True)
+
+                def train():
+                    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+                        out = attend_groups(qkv_g, groups, heads, width, scale)
+                    return torch.autograd.grad(out, qkv_g, do)[0]
+            else:
+                def train(name=name):
+                    q, k, v = split_qkv(qkv, groups, heads)
+                    o4, state = fused._attention_forward(q, k, v, scale, name)
+                    do4 = do.view(BATCH, groups, n, heads, width).permute(0, 1, 3, 2, 4).reshape(q.shape)
+                    grads = fused._attention_backward(do4, q, k, v, o4, state, scale, name)
+                    return torch.stack([fused._merge_heads(d, BATCH) for d in grads], dim=2)
+            try:
+                train()
+                row.append(f"{do_bench_cudagraph(train) * 1e3:15.1f}")
+            except RuntimeError:
+                row.append(f"{'-':>15}")
+        print(f"{tokens:6d} {heads:5d} {groups:6d} {n:4d} " + " ".join(row), flush=True)
+
+
 def triton_next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
@@ -274,11 +332,16 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="time the Triton group attention's tile configs")
     parser.add_argument("--sweep-backward", action="store_true", help="the same for forward + backward")
     parser.add_argument("--sret-s", action="store_true", help="with --sweep-backward: SReT-S's 48-wide shapes")
+    parser.add_argument("--backends", action="store_true",
+                        help="SReT-S's sdpa shapes on cuDNN, flash and memory-efficient attention")
     parser.add_argument("--head-widths", action="store_true",
                         help="SReT-S's heads carried 48 and 64 wide: attention core and token GEMMs per shape")
     args = parser.parse_args()
     if args.head_widths:
         head_widths()
+        return
+    if args.backends:
+        backends()
         return
     if args.sweep:
         sweep()

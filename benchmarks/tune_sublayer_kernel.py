@@ -84,7 +84,7 @@ def tune_gemm(args: argparse.Namespace) -> int:
                    out=out, M=M, C=C, N=N, hp=hp):
                 K._fc2_residual_fwd[(triton.cdiv(M, bm), triton.cdiv(C, bn))](
                     a, w2p, b2, x, c1, c2, out, M, C, hp, N, HAS_C1=True, K_PER_SAMPLE=False, BLOCK_M=bm, BLOCK_N=bn,
-                    BLOCK_K=bk, num_warps=warps, num_stages=stages)
+                    BLOCK_K=bk, GELU_A=False, num_warps=warps, num_stages=stages)
 
             for fn, sink, useful in ((k1, fc1, bn <= hp), (k2, fc2, bn <= max(64, triton.next_power_of_2(C)))):
                 if not useful:

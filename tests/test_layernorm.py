@@ -143,11 +143,13 @@ SCRIPT = """
         w1, b1, w2, b2 = torch.randn(H, C) / C**0.5, torch.randn(H), torch.randn(C, H) / H**0.5, torch.randn(C)
         c1, c2 = torch.tensor([0.8]), torch.tensor([1.3])
         # the one-launch kernel (two tiles), then LayerNorm + two GEMM launches (tiles leave remainders in M, H and
-        # C), then LayerNorm + two cuBLAS (here: CPU) GEMMs over aligned rows
+        # C), then LayerNorm + two cuBLAS (here: CPU) GEMMs over aligned rows, and that path with the GELU, fc2 and
+        # the residual as one launch (column blocks that leave a remainder in C)
         for scale, tiles in itertools.product((None, torch.tensor([0.0, 1.25])),
                                               (dict(pw_tile=(32, 32, 4, 2)), dict(pw_tile=(16, 64, 4, 1)),
                                                dict(gemm_tile=((32, 64, 32, 4, 2), (16, 32, 64, 4, 2))),
-                                               dict(cublas=True))):
+                                               dict(cublas=True, fc2_tile=()),
+                                               dict(cublas=True, fc2_tile=(16, 64, 32, 4, 2)))):
             out, h, mean, rstd = K.mlp_residual_forward(x, lw, lb, w1, b1, w2, b2, c1, c2, scale, 1e-6,
                                                         torch.float16, save=True, **tiles)
             xn = F.layer_norm(x, (C,), lw, lb, 1e-6).half().view(-1, C)

@@ -180,15 +180,19 @@ if triton is not None:
 
     @triton.jit
     def _matmul_nt(A, W, rows, cols, rmask, nmask, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr):
+                   BLOCK_K: tl.constexpr, GELU_A: tl.constexpr):
         """float32 ``A[rows] @ W[cols]^T`` over all of K: A and W row-major with row stride K, a multiple of BLOCK_K
-        (zero padding), so the K loop is unmasked; W tiles are loaded row-major and transposed in the dot."""
+        (zero padding), so the K loop is unmasked; W tiles are loaded row-major and transposed in the dot. GELU_A:
+        ``gelu(A)`` instead of A, each tile rounded back to A's dtype as ``F.gelu`` of it would be (gelu(0) = 0: the
+        padding stays zero)."""
         ks = tl.arange(0, BLOCK_K)
         a_ptr = A + rows[:, None].to(tl.int64) * K + ks[None, :]
         w_ptr = W + cols[:, None] * K + ks[None, :]
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for _ in range(0, K, BLOCK_K):
             a = tl.load(a_ptr, mask=rmask[:, None], other=0.0)
+            if GELU_A:
+                a = _gelu(a.to(tl.float32)).to(A.dtype.element_ty)
             w = tl.load(w_ptr, mask=nmask[:, None], other=0.0)
             acc += tl.dot(a, tl.trans(w))
             a_ptr += BLOCK_K
@@ -207,7 +211,7 @@ if triton is not None:
         hcols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < M
         nmask = hcols < HP
-        acc = _matmul_nt(XN, W1, rows, hcols, rmask, nmask, CP, BLOCK_M, BLOCK_N, BLOCK_K)
+        acc = _matmul_nt(XN, W1, rows, hcols, rmask, nmask, CP, BLOCK_M, BLOCK_N, BLOCK_K, False)
         dt = A.dtype.element_ty
         b1 = tl.load(B1 + hcols, mask=hcols < H, other=0.0).to(dt).to(tl.float32)
         h = (acc + b1[None, :]).to(dt)  # fc1 output, rounded as addmm's
@@ -218,10 +222,11 @@ if triton is not None:
                  mask=rmask[:, None] & nmask[None, :])
 
     @triton.jit
-    def _fc2_residual_fwd(A, W2, B2, X, C1, K, OUT, M, C, HP, N_TOK, HAS_C1: tl.constexpr,
+    def _fc2_residual_fwd(A, W2, B2, X, C1, K, OUT, M, C: tl.constexpr, HP, N_TOK, HAS_C1: tl.constexpr,
                           K_PER_SAMPLE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_K: tl.constexpr):
-        """``c1 * x + k * (a @ W2^T + b2)`` for a (BLOCK_M, BLOCK_N) tile of the (M, C) output.
+                          BLOCK_K: tl.constexpr, GELU_A: tl.constexpr):
+        """``c1 * x + k * (a @ W2^T + b2)`` for a (BLOCK_M, BLOCK_N) tile of the (M, C) output; GELU_A: A holds the
+        fc1 output h and ``a = gelu(h)`` is made as its tiles are loaded (no pass of its own over the hidden layer).
 
         a (M, HP) and W2 (C, HP) are in the compute dtype with zero padding, HP a multiple of BLOCK_K.
         """
@@ -229,7 +234,7 @@ if triton is not None:
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < M
         cmask = cols < C
-        acc = _matmul_nt(A, W2, rows, cols, rmask, cmask, HP, BLOCK_M, BLOCK_N, BLOCK_K)
+        acc = _matmul_nt(A, W2, rows, cols, rmask, cmask, HP, BLOCK_M, BLOCK_N, BLOCK_K, GELU_A)
         dt = A.dtype.element_ty
         b2 = tl.load(B2 + cols, mask=cmask, other=0.0).to(dt).to(tl.float32)
         y = (acc + b2[None, :]).to(dt).to(tl.float32)  # fc2 output, rounded as addmm's
@@ -364,9 +369,9 @@ def _mlp_two_launches(x, ln_w, ln_b, w1, b1, w2, b2, c1, k, per_sample, eps, dty
         num_warps=warps1, num_stages=stages1)
     out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
     launchable(_fc2_residual_fwd)[(cdiv(M, bm2), cdiv(C, bn2))](
-        a, _padded(w2, C, hp, dtype), b2, x, c1 if c1 is not None else k, k, out, M, C, hp, N,
-        HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, BLOCK_M=bm2, BLOCK_N=bn2, BLOCK_K=bk2, num_warps=warps2,
-        num_stages=stages2)
+        a, _padded(w2, C, hp, dtype), b2, x, c1 if c1 is not None else k, k, out, M, int(C), hp, N,
+        HAS_C1=c1 is not None, K_PER_SAMPLE=per_sample, BLOCK_M=bm2, BLOCK_N=bn2, BLOCK_K=bk2, GELU_A=False,
+        num_warps=warps2, num_stages=stages2)
     return out, (h if save else None), mean, rstd, w1p
 
 
@@ -380,7 +385,7 @@ def _cublas_operands(w1, b1, w2, b2, hp: int, cp: int, dtype: torch.dtype):
     return shared_weights.memoized(make, (w1, b1, w2, b2), "cublas", hp, cp, dtype)
 
 
-def _mlp_cublas(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype, save, keep_xn=False):
+def _mlp_cublas(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype, save, keep_xn=False, fc2_config=None):
     """The MLP sublayer as LayerNorm kernel -> cuBLAS fc1 -> GELU -> cuBLAS fc2 -> residual kernel, every GEMM
     operand and output on 16-byte aligned rows (C to a multiple of 8 with zero columns, H to a multiple of
     :data:`_GEMM_PAD`). For wide, long sublayers (SReT-S's stage 1: C = 252, 50k rows), where the one-launch kernel
@@ -389,7 +394,9 @@ def _mlp_cublas(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype, save, 
     float32 and rounds once, as the kernels do; the padding adds exact zeros. Returns ``(out, h, mean, rstd, w1p,
     xn)``; with ``save`` and ``keep_xn`` xn is the LayerNorm output with a ones column at C (the layout of
     ``layernorm.ln_forward(ones_column=True)``, which fc1 reads as its first cp columns: W1's are zero from C on),
-    else None."""
+    else None. ``fc2_config`` (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): the GELU, fc2 and the residual as one
+    launch of :func:`_fc2_residual_fwd` reading h (:data:`CUBLAS_GELU_FC2`), instead of ``F.gelu`` -> cuBLAS ->
+    the residual kernel: the activation is never written and read back, nor is fc2's output."""
     B, N, C = x.shape
     M, H = B * N, w1.shape[0]
     cp, hp = C + (-C % 8), cdiv(H, _GEMM_PAD) * _GEMM_PAD  # cp: fused.aligned_width(C) (fused imports this module)
@@ -399,8 +406,18 @@ def _mlp_cublas(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype, save, 
     xn, mean, rstd = _ln.ln_forward(x.view(M, C), ln_w, ln_b, eps, dtype, ones_column=keep_xn,
                                     width=None if keep_xn else cp)
     h = torch.addmm(b1p, xn[:, :cp], w1p.t())  # (M, hp) fc1 output: zero columns past H (zero weight rows and bias)
-    y = torch.addmm(b2p, F.gelu(h), w2p.t())  # (M, cp): zero columns past C
-    out = residual_forward(x, y.view(B, N, cp)[..., :C], c1, c2, scale)
+    if fc2_config is not None:
+        bm, bn, bk, warps, stages = fc2_config
+        k, per_sample = _branch_factor(x, c2, scale)
+        out = torch.empty((B, N, C), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+        # W2 (C, hp): the rows of w2p (cp, hp) that hold weights; b2 as the parameter (the kernel rounds it)
+        launchable(_fc2_residual_fwd)[(cdiv(M, bm), cdiv(C, bn))](
+            h, w2p, b2, x, c1 if c1 is not None else k, k, out, M, int(C), hp, N, HAS_C1=c1 is not None,
+            K_PER_SAMPLE=per_sample, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GELU_A=True, num_warps=warps,
+            num_stages=stages)
+    else:
+        y = torch.addmm(b2p, F.gelu(h), w2p.t())  # (M, cp): zero columns past C
+        out = residual_forward(x, y.view(B, N, cp)[..., :C], c1, c2, scale)
     return out, (h if save else None), mean, rstd, w1p, (xn if keep_xn else None)
 
 
@@ -461,7 +478,8 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
                          dtype: torch.dtype, save: bool,
                          gemm_tile: Optional[tuple[tuple[int, ...], tuple[int, ...]]] = None,
                          pw_tile: Optional[tuple[int, int, int, int]] = None, return_w1: bool = False,
-                         cublas: Optional[bool] = None, keep_xn: bool = False):
+                         cublas: Optional[bool] = None, keep_xn: bool = False,
+                         fc2_tile: Optional[tuple[int, int, int, int, int]] = None):
     """``c1 * x + c2 * s * fc2(gelu(fc1(LN(x))))`` for contiguous x (B, N, C): LayerNorm + two cuBLAS GEMMs over
     aligned rows for the shapes in :data:`CUBLAS_MLP`, one launch over prepared weights for those in
     :data:`PW_TILES`, LayerNorm + two GEMM launches for those in :data:`GEMM_TILES`.
@@ -471,7 +489,9 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
     past H are zeros (the hidden layer carried to an aligned width, see :func:`prepared_weights`). ``pw_tile`` =
     (BLOCK_M, BLOCK_H, num_warps, num_stages) overrides :data:`PW_TILES`, ``gemm_tile`` = two (BLOCK_M, BLOCK_N,
     BLOCK_K, num_warps, num_stages) overrides :data:`GEMM_TILES` and selects that path, ``cublas`` True / False
-    takes or skips the cuBLAS path whatever :data:`CUBLAS_MLP` says (tests, tuning).
+    takes or skips the cuBLAS path whatever :data:`CUBLAS_MLP` says (tests, tuning), and on it ``fc2_tile``
+    (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) overrides :data:`CUBLAS_GELU_FC2` (``()``: the launches
+    without it).
 
     ``return_w1``: also return, fifth, fc1's weight as the kernels used it (compute dtype, zero-padded to (H', C')
     with C' >= C): the backward's ``dh @ W1`` reads its first C columns instead of casting and padding W1 again.
@@ -489,7 +509,8 @@ def mlp_residual_forward(x: torch.Tensor, ln_w, ln_b, w1, b1, w2, b2, c1, c2, sc
         return (*result, *((w1p,) if return_w1 else ()), *((xn,) if keep_xn else ()))
 
     if cublas:
-        *result, w1p, xn = _mlp_cublas(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype, save, keep_xn)
+        fc2 = CUBLAS_GELU_FC2.get((C, H, save)) if fc2_tile is None else (fc2_tile or None)
+        *result, w1p, xn = _mlp_cublas(x, ln_w, ln_b, w1, b1, w2, b2, c1, c2, scale, eps, dtype, save, keep_xn, fc2)
         return extra(result, w1p, xn)
     pw_config = pw_tile or (None if gemm_tile else PW_TILES.get((C, H, save)))
     gemm_config = gemm_tile or (None if pw_config else GEMM_TILES.get((C, H, save)))
@@ -531,6 +552,17 @@ CUBLAS_MLP: set[tuple[int, int, bool]] = {
 # other tables choose and the PyTorch ops by 3 % (``benchmarks/sweep_mlp_kernel.py``, H100, CUDA-graph replays,
 # batch 256, weight preparation included; ``benchmarks/results/sweep_mlp_run16/``). Times (ms) in the comments:
 # this kernel against the better alternative.
+# (C, H, save) of the CUBLAS_MLP shapes whose GELU, fc2 and residual run as one launch (``_fc2_residual_fwd`` with
+# GELU_A) -> its (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): where it beat F.gelu + cuBLAS + the residual
+# kernel by >= 3 % (``benchmarks/sweep_gelu_fc2.py``, H100, bf16, batch 256, CUDA-graph replays of the sublayer
+# forward, run 118, ``benchmarks/results/session_runs113_/run118_sweep_gelu_fc2/``; us in the comments: one launch,
+# the launches). SReT-S's stage 2 (504 channels) lost: two column blocks make the GELU twice (155 vs 121 us).
+CUBLAS_GELU_FC2: dict[tuple[int, int, bool], tuple[int, int, int, int, int]] = {
+    (252, 756, False): (128, 256, 32, 8, 3),  # S stage 1 MLP: 213.3 vs 231.1
+    (252, 756, True): (128, 256, 32, 8, 3),   # 213.3 vs 231.1
+    (252, 504, True): (128, 256, 32, 8, 3),   # S stage 1 NLL, training: 171.9 vs 189.1
+}
+
 PW_TILES: dict[tuple[int, int, bool], tuple[int, int, int, int]] = {
     (64, 230, False): (64, 64, 4, 3),    # T stage 0 MLP: 0.119 vs 0.218
     (64, 230, True): (32, 32, 4, 3),     # 0.164 vs 0.263
